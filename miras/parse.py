@@ -156,10 +156,11 @@ class _Builder(Transformer_NonRecursive):
         (tok,) = children
         text = str(tok)
         value: int | float
-        try:
-            value = int(text) if text.isdigit() else float(text)
-        except ValueError:  # more digits than Python converts: reported by the validator
-            value = math.inf
+        # Integers beyond float range become inf, which the validator reports as not finite.
+        if text.isdigit():
+            value = int(text) if len(text) <= 300 else math.inf
+        else:
+            value = float(text)
         return ast.Number(value, text, self._tok_span(tok))
 
     def string(self, children: list[Token]) -> ast.String:

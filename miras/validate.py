@@ -684,8 +684,7 @@ class _FormulaChecker:
     def check(self, node: ast.Expr, cond_ok: bool) -> tuple[ir.Expr, str] | None:
         v = self.v
         if isinstance(node, ast.Number):
-            if not math.isfinite(node.value) or (isinstance(node.value, int)
-                                                 and abs(node.value) > 1e300):
+            if not math.isfinite(node.value):
                 v.error("E111", f"number {node.text[:40]} is not finite", node.span)
                 return None
             return ir.Num(value=float(node.value)), "scalar"
@@ -842,7 +841,7 @@ class _FoldError(Exception):
 def _fold(expr: ast.Expr) -> int | float:
     if isinstance(expr, ast.Number):
         v = expr.value
-        if not math.isfinite(v) or abs(v) > 1e300:
+        if not math.isfinite(v):
             raise _FoldError("E111", f"number {expr.text[:40]} is not finite (too large)",
                              expr.span)
         return v
