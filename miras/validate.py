@@ -278,11 +278,11 @@ class _Validator:
                 value = self.value(p, f.value, (name, fname))
                 if value is not _ERROR:
                     values[fname] = value
-        for req in REQUIRED_FIELDS:
-            if req not in fields:
-                self.error("E105", f"model '{name}' has no '{req}' field (the four Miras "
-                           "choices memory, bias, retention and algorithm are required)",
-                           m.name.span)
+        missing = [req for req in REQUIRED_FIELDS if req not in fields]
+        if missing:
+            self.error("E105", f"model '{name}' does not set {', '.join(missing)} (every model "
+                       "declares the four Miras choices memory, bias, retention and algorithm)",
+                       m.name.span)
         if self._count() > n_errors:
             return None
         model = ir.Model(**values)
