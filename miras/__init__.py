@@ -40,6 +40,8 @@ __all__ = [
     "ir",
     "load",
     "parse",
+    "parse_bytes",
+    "parse_text",
     "run_frontend",
 ]
 

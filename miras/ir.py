@@ -779,14 +779,18 @@ class Model(IRNode):
 
 
 class Program(IRNode):
-    """Everything a file declares (includes flattened), in source order."""
+    """Everything a file declares, included files first, in source order."""
 
     definitions: tuple[Definition, ...] = ()
     models: tuple[Model, ...] = ()
-    main: str | None = None
+
+    @property
+    def main(self) -> str | None:
+        """The default model: the last one declared (a file's own models follow its includes)."""
+        return self.models[-1].name if self.models else None
 
     def model(self, name: str | None = None) -> Model:
-        """The model called ``name``, or the main model (the last one of the root file)."""
+        """The model called ``name``, or the main model."""
         wanted = name or self.main
         for m in self.models:
             if m.name == wanted:

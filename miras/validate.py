@@ -82,10 +82,11 @@ class _Loader:
 
     def _expand(self, f: ast.SourceFile, base: Path,
                 stack: list[str]) -> list[tuple[ast.Item, str]]:
+        # Includes are read before the file's own items, wherever they are written, so that
+        # a file's own models always come last and the last one is the file's main model.
         out: list[tuple[ast.Item, str]] = []
         for item in f.items:
             if not isinstance(item, ast.Include):
-                out.append((item, f.path))
                 continue
             target = (base / item.path.value).resolve()
             key = str(target)
@@ -101,7 +102,7 @@ class _Loader:
                     f"(looked in {base})", item.path.span))
                 continue
             self.loaded.add(key)
-            shown = _display(target)
+            shown = os.path.normpath(os.path.join(os.path.dirname(f.path), item.path.value))
             try:
                 text = decode(target.read_bytes(), shown)
             except MirasError as err:
@@ -114,14 +115,8 @@ class _Loader:
             sub = self._parse(text, shown)
             if sub is not None:
                 out += self._expand(sub, target.parent, [*stack, key])
+        out += [(item, f.path) for item in f.items if not isinstance(item, ast.Include)]
         return out
-
-
-def _display(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:  # pragma: no cover - other drive on Windows
-        return str(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +158,7 @@ class _Validator:
 
     # ---- entry point --------------------------------------------------------------------
 
-    def run(self, items: list[tuple[ast.Item, str]], root: str) -> ir.Program:
+    def run(self, items: list[tuple[ast.Item, str]]) -> ir.Program:
         models: dict[str, ast.ModelDef] = {}
         model_order: list[ast.ModelDef] = []
         defs_order: list[ast.FormulaDef] = []
@@ -212,9 +207,7 @@ class _Validator:
             if built is not None:
                 out_models.append(built)
 
-        root_models = [m.name.id for m in model_order if m.span.file == root]
-        main = root_models[-1] if root_models else None
-        return ir.Program(definitions=tuple(definitions), models=tuple(out_models), main=main)
+        return ir.Program(definitions=tuple(definitions), models=tuple(out_models))
 
     # ---- extends ------------------------------------------------------------------------
 
@@ -905,7 +898,7 @@ def _run(load: Callable[[_Loader], list[tuple[ast.Item, str]]], root: str) -> Ch
     if loader.diags:
         raise MirasError(loader.diags, loader.sources)
     v = _Validator()
-    program = v.run(items, root)
+    program = v.run(items)
     errors = [d for d in v.diags if d.severity == "error"]
     if errors:
         raise MirasError(v.diags, loader.sources)

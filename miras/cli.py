@@ -1,0 +1,234 @@
+"""The ``miras`` command line: a thin shell over the Python API.
+
+Exit codes: 0 clean, 1 diagnostics (errors in the input), 2 usage error. Diagnostics go to
+stderr (``--format json`` prints them to stdout as a JSON list); user input never produces a
+Python traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import miras
+from miras import ast, catalog, ir
+from miras.codegen import render
+from miras.diagnostics import Diagnostic, MirasError, render_json, render_text
+from miras.printer import format_source, print_program, value_text
+
+app = typer.Typer(
+    name="miras",
+    help="A compiler for the Miras design space of sequence models.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class Stage(str, Enum):
+    ast = "ast"
+    ir = "ir"
+
+
+Files = Annotated[list[Path], typer.Argument(help=".miras files", show_default=False)]
+File = Annotated[Path, typer.Argument(help="a .miras file", show_default=False)]
+FormatOpt = Annotated[Format, typer.Option("--format", help="output format of diagnostics")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m",
+                                              help="model to use (default: the last one)")]
+
+
+def _report(diags: list[Diagnostic], sources: dict[str, str], fmt: Format) -> None:
+    if fmt is Format.json:
+        typer.echo(render_json(diags))
+    elif diags:
+        typer.echo(render_text(diags, sources), err=True)
+
+
+def _load(path: Path, fmt: Format = Format.text) -> miras.Checked:
+    try:
+        checked = miras.run_frontend(path)
+    except MirasError as err:
+        _report(err.diagnostics, err.sources, fmt)
+        raise typer.Exit(1) from None
+    if fmt is Format.text and checked.warnings:
+        _report(checked.warnings, checked.sources, fmt)
+    return checked
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"miras {miras.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """A compiler for the Miras design space of sequence models."""
+
+
+@app.command()
+def check(files: Files, fmt: FormatOpt = Format.text,
+          quiet: Annotated[bool, typer.Option("--quiet", "-q",
+                                              help="print nothing when clean")] = False) -> None:
+    """Validate .miras files and report every diagnostic."""
+    failed = False
+    every: list[Diagnostic] = []
+    for path in files:
+        try:
+            checked = miras.run_frontend(path)
+        except MirasError as err:
+            failed = True
+            every += err.diagnostics
+            if fmt is Format.text:
+                _report(err.diagnostics, err.sources, fmt)
+            continue
+        every += checked.warnings
+        if fmt is Format.text:
+            _report(checked.warnings, checked.sources, fmt)
+            if not quiet:
+                names = ", ".join(m.name for m in checked.program.models) or "no models"
+                typer.echo(f"{path}: ok ({names})")
+    if fmt is Format.json:
+        typer.echo(render_json(every))
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def fmt(files: Files,
+        check_only: Annotated[bool, typer.Option("--check", help="exit 1 if a file is not "
+                                                 "canonical; print nothing else")] = False,
+        write: Annotated[bool, typer.Option("--write", "-w",
+                                            help="rewrite the files in place")] = False) -> None:
+    """Print .miras files in canonical form (comments kept)."""
+    status = 0
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            typer.echo(f"{path}: error: cannot read: {exc.strerror} [E007]", err=True)
+            status = 1
+            continue
+        try:
+            parsed = miras.parse_bytes(data, str(path))
+        except MirasError as err:
+            _report(err.diagnostics, err.sources, Format.text)
+            status = 1
+            continue
+        text = data.decode("utf-8")
+        canonical = format_source(parsed, text)
+        if check_only:
+            if canonical != text:
+                typer.echo(f"{path}: not canonically formatted (run: miras fmt -w {path})",
+                           err=True)
+                status = 1
+        elif write:
+            if canonical != text:
+                path.write_text(canonical, encoding="utf-8")
+        else:
+            typer.echo(canonical, nl=False)
+    raise typer.Exit(status)
+
+
+@app.command("list")
+def list_(fmt: Annotated[Format, typer.Option("--format", help="text or json")] = Format.text,
+          ) -> None:
+    """List every built-in choice, grouped by axis."""
+    if fmt is Format.json:
+        out = {
+            axis: {
+                e.name: {"doc": e.doc, "ref": e.ref, "params": {
+                    p.name: {"kind": p.kind, "default": catalog.format_default(p), "doc": p.doc,
+                             "role": p.role, "range": p.range_text(), "choices": list(p.choices)}
+                    for p in e.params.values()}}
+                for e in catalog.entries(axis).values()}
+            for axis in catalog.AXES
+        }
+        typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        typer.echo(catalog.render_text())
+
+
+@app.command()
+def emit(
+    file: File,
+    stage: Annotated[Stage, typer.Option("--stage", help="which stage's output to print")],
+    model: ModelOpt = None,
+) -> None:
+    """Print the output of one compiler stage."""
+    if stage is Stage.ast:
+        try:
+            parsed = miras.parse(file)
+        except MirasError as err:
+            _report(err.diagnostics, err.sources, Format.text)
+            raise typer.Exit(1) from None
+        typer.echo(json.dumps(ast.to_json(parsed), indent=2, ensure_ascii=False))
+        return
+    checked = _load(file)
+    program = checked.program
+    if model is not None:
+        program = ir.Program(definitions=program.definitions, models=(_pick(program, model),))
+    typer.echo(program.model_dump_json(indent=2))
+
+
+def _pick(program: ir.Program, name: str | None) -> ir.Model:
+    try:
+        return program.model(name)
+    except KeyError:
+        names = ", ".join(m.name for m in program.models) or "none"
+        typer.echo(f"error: no model named {name!r} (models: {names})", err=True)
+        raise typer.Exit(2) from None
+
+
+def summary(m: ir.Model) -> str:
+    """A human summary of one model: the four choices, the surroundings, the gates it needs."""
+    rows = [(name, value_text(getattr(m, name))) for name in (
+        "memory", "bias", "retention", "algorithm", "feature", "window", "parallel", "hybrid")]
+    rows += [("heads", m.heads if m.heads is not None else "layer default"),
+             ("head_dim", m.head_dim if m.head_dim is not None else "layer default"),
+             ("read", m.read)]
+    return render("summary.txt.jinja", name=m.name, rows=rows, gates=_gates(m))
+
+
+def _gates(m: ir.Model) -> list[str]:
+    out = []
+    for axis in catalog.AXES:
+        choice = getattr(m, axis)
+        for p in catalog.params_of(type(choice)).values():
+            value = getattr(choice, p.name)
+            if isinstance(value, ir.Gate):
+                shape = "[B, T, H, D]" if value.channel else "[B, T, H]"
+                out.append(f"{value.role} {shape} ({value.act}, per {value.per})")
+    return out
+
+
+@app.command(name="compile")
+def compile_(file: File, model: ModelOpt = None) -> None:
+    """Compile a spec (for now: validate it and show the summary and the IR)."""
+    checked = _load(file)
+    m = _pick(checked.program, model)
+    typer.echo(summary(m))
+    typer.echo("validated IR (canonical text):")
+    used = ir.Program(definitions=checked.program.definitions, models=(m,))
+    typer.echo(print_program(used), nl=False)
+
+
+def main() -> None:
+    """Console entry point (maps click's usage errors to exit code 2)."""
+    try:
+        app(standalone_mode=True)
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
