@@ -1,0 +1,286 @@
+"""The memory recurrence: the token-by-token reference and the chunk-parallel form.
+
+Both implement one definition, written straight from the papers' formulas. For a chunk of
+tokens starting from the state ``(Θ₀, S₀, A₀)``:
+
+1. every inner gradient is taken at the chunk's anchor: ``Θ₀`` (``decay(at=prev)``) or the
+   decayed ``β_t Θ₀`` (``decay(at=decayed)``), ``β_t = Π_{chunk start < i ≤ t} α_i``;
+   with a window of ``c`` tokens, ``g_t = Σ_{i=t−c+1}^{t} γ_i ∇ℓ(anchor; φ(k_i), v_i)``;
+2. the algorithm turns ``g_t`` into an update ``U_t``: GD ``−η g``; momentum
+   ``S_t = β S_{t−1} − η g``, ``U = S``; Muon ``S_t = β S_{t−1} + g``, ``U = −η NS(S_t)``;
+   implicit GD (Longhorn) ``−η/(1 + η‖φ(k)‖²) g``;
+3. the updates accumulate linearly, ``U^acc_t = α_t U^acc_{t−1} + U_t``, and token ``t``
+   holds the memory ``Θ_t = R(Θ₀, β_t, U^acc_t)`` where ``R`` is the retention map applied
+   once from the chunk start (decay: ``β Θ₀ + U``; ℓq: ``normalise(β A₀ + U)``; KL:
+   ``c·softmax(β log Θ₀ + U)``; Bregman: ``(F′)⁻¹(β F′(Θ₀) + U)``; elastic net:
+   ``S_γ(β Θ₀ + U)``; ...);
+4. token ``t`` reads ``y_t = M(Θ_t; φ(q_t))`` (or ``Θ_{t−1}`` with ``read = before_write``).
+
+With chunks of one token this is exactly the per-token recurrence of the papers; with longer
+chunks it is the chunk-anchored approximation of [T] Eq 16, [M] Eq 28 and [A] Eq 16, with
+nonlinear retention applied from the chunk start ([M] §5.4: Moneta's normalisation and
+Memora's softmax at chunk boundaries; for KL the first token of each chunk is a chunk of its
+own — Memora's lag token, [M] Eq 30).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from miras.runtime import memory as mem
+from miras.runtime import ops
+from miras.runtime.memory import MemoryShape, Weights
+
+BiasGrad = Callable[[Tensor, Tensor, Tensor, dict[str, Tensor]], Tensor]
+Map = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Plain-data description of one memory recurrence (the runtime view of the plan)."""
+
+    memory: MemoryShape
+    retention: str = "none"  # none decay lq kl elastic_net soft_threshold fdiv bregman user
+    decay_at: str = "prev"
+    lq_r: float = 2.0
+    mass: float = 1.0
+    softmax_axis: str = "row"
+    elastic_form: str = "retaining"
+    threshold_smooth: bool = False
+    algorithm: str = "gd"  # gd momentum muon implicit_gd
+    gd_steps: int = 1
+    ns_steps: int = 5
+    window: int = 1
+    read_before: bool = False
+    lag_token: bool = False
+
+    @property
+    def uses_accumulator(self) -> bool:
+        """Whether the state carries an accumulator ``A`` besides the weights."""
+        return self.retention == "lq" or (self.retention == "elastic_net"
+                                          and self.elastic_form == "ftrl")
+
+    @property
+    def uses_momentum(self) -> bool:
+        return self.algorithm in ("momentum", "muon")
+
+
+@dataclass(frozen=True)
+class Fns:
+    """The spec-specific math, generated from the symbolic derivation."""
+
+    bias_grad: BiasGrad
+    feature: Map = field(default=lambda x: x)
+    act: Map = field(default=torch.nn.functional.gelu)
+    act_grad: Map | None = None
+    mirror: Map | None = None  # F′, the mirror map of a Bregman / user retention
+    mirror_inv: Map | None = None  # (F′)⁻¹
+    reg_grad: Map | None = None  # G′, the gradient of a user regulariser
+
+
+@dataclass
+class State:
+    """The recurrent state: memory weights, momentum and accumulator, per ``[B, H]``."""
+
+    weights: Weights
+    momentum: Weights | None = None
+    accum: Weights | None = None
+    # the window's previous tokens: (φ(k), k, v, {slot: value}) of the last c − 1 tokens
+    window: tuple[Tensor, Tensor, Tensor, dict[str, Tensor]] | None = None
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = {f"weights.{n}": t for n, t in self.weights.items()}
+        for prefix, w in (("momentum", self.momentum), ("accum", self.accum)):
+            if w is not None:
+                out.update({f"{prefix}.{n}": t for n, t in w.items()})
+        return out
+
+
+def initial_state(recipe: Recipe, weights: Weights) -> State:
+    """A fresh state from initial weights ``{name: [B, H, ...]}``."""
+    zeros = ops.zeros_like(weights)
+    accum = None
+    if recipe.uses_accumulator:
+        # A is the pre-image of W: for ℓq the initial accumulator equals the weights.
+        accum = dict(weights)
+    return State(weights, zeros if recipe.uses_momentum else None, accum)
+
+
+def _at(vals: dict[str, Tensor], name: str, sl: slice, like: Tensor, default: float) -> Tensor:
+    """Values of one slot for a token range: ``[B, H, n, 1|D]``."""
+    v = vals.get(name)
+    if v is None:
+        return torch.full((*like.shape[:2], sl.stop - sl.start, 1), default,
+                          dtype=like.dtype, device=like.device)
+    return v[:, :, sl]
+
+
+class _Runner:
+    def __init__(self, recipe: Recipe, fns: Fns) -> None:
+        self.r, self.f = recipe, fns
+        self.act_grad = fns.act_grad or _autograd_derivative(fns.act)
+
+    # ---- pieces -------------------------------------------------------------------------
+
+    def read(self, w: Weights, qf: Tensor, qr: Tensor) -> Tensor:
+        y, _ = mem.forward(self.r.memory, w, qf, qr, self.f.act)
+        return y
+
+    def grad(self, anchor: Weights, kf: Tensor, kr: Tensor, v: Tensor,
+             vals: dict[str, Tensor], scale_dy: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        """Factored inner gradients of every token of a group at one anchor."""
+        y, trace = mem.forward(self.r.memory, anchor, kf, kr, self.f.act)
+        dy = self.f.bias_grad(y, v, kr, vals) * scale_dy
+        return mem.backward(self.r.memory, anchor, trace, dy, self.act_grad)
+
+    def retain(self, base: Weights, beta: Tensor, acc: Weights, thr: Tensor) -> Weights:
+        """``R(Θ₀, β, U)``: the retention map from the chunk start (see the module doc)."""
+        r, shape = self.r, self.r.memory
+        kind = r.retention
+        if kind in ("none", "decay"):
+            return ops.add(ops.scale(shape, base, beta), acc)
+        if kind == "lq":
+            a = ops.add(ops.scale(shape, base, beta), acc)
+            return {n: ops.pnorm_normalize(t, r.lq_r, shape.kind) for n, t in a.items()}
+        if kind == "kl":
+            logw = {n: torch.log(t.clamp_min(1e-30)) for n, t in base.items()}
+            z = ops.add(ops.scale(shape, logw, beta), acc)
+            return {n: ops.slice_softmax(t, r.softmax_axis, shape.kind, r.mass)
+                    for n, t in z.items()}
+        if kind == "fdiv":  # f = τ log τ: W ⊙ exp(U), normalised (ζ in closed form)
+            return {n: ops.slice_normalize(base[n] * torch.exp(acc[n]), r.softmax_axis,
+                                           shape.kind, r.mass) for n in base}
+        if kind in ("bregman", "user"):
+            assert self.f.mirror is not None and self.f.mirror_inv is not None
+            fp = {n: self.f.mirror(t) for n, t in base.items()}
+            z = ops.add(ops.scale(shape, fp, beta), acc)
+            return {n: self.f.mirror_inv(t) for n, t in z.items()}
+        if kind in ("elastic_net", "soft_threshold"):
+            z = ops.add(ops.scale(shape, base, beta), acc)
+            g = thr if shape.kind == "vector" else thr.unsqueeze(-1)
+            return {n: ops.soft_threshold(t, g, r.threshold_smooth) for n, t in z.items()}
+        raise ValueError(f"unknown retention {kind!r}")  # pragma: no cover
+
+    # ---- the reference ------------------------------------------------------------------
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tensor],
+                  state: State, chunk: int) -> tuple[Tensor, State]:
+        r, shape = self.r, self.r.memory
+        qf, kf = self.f.feature(q), self.f.feature(k)
+        B, H, T, _ = q.shape
+        c = r.window
+        if state.window is not None:  # previous tokens of the window (decoding across calls)
+            pk, pr, pv, pvals = state.window
+            kf_all = torch.cat([pk, kf], 2)
+            kr_all = torch.cat([pr, k], 2)
+            v_all = torch.cat([pv, v], 2)
+            vals_all = {n: torch.cat([pvals[n], t], 2) for n, t in vals.items()}
+            off = pk.shape[2]
+        else:
+            kf_all, kr_all, v_all, vals_all, off = kf, k, v, vals, 0
+        theta, mom, acc_state = state.weights, state.momentum, state.accum
+        outs = []
+        for t0, t1 in _chunks(T, chunk, r.lag_token):
+            base = acc_state if r.uses_accumulator else theta
+            assert base is not None
+            start = theta
+            beta = torch.ones(B, H, 1, dtype=q.dtype, device=q.device)
+            acc = ops.zeros_like(base)
+            prev = theta
+            for t in range(t0, t1):
+                sl = slice(t, t + 1)
+                alpha = _at(vals, "decay", sl, q, 1.0)[:, :, 0]
+                if r.retention not in ("decay", "lq", "kl", "bregman", "elastic_net"):
+                    alpha = torch.ones_like(alpha)
+                beta = beta * alpha
+                anchor = ops.scale(shape, start, beta) if r.decay_at == "decayed" else start
+                lo = max(0, t + off - c + 1)
+                wsl = slice(lo, t + off + 1)
+                lr = _at(vals, "lr", sl, q, 1.0)  # [B, H, 1, 1|D]
+                if r.algorithm == "implicit_gd":
+                    lr = lr / (1 + lr * kf[:, :, sl].pow(2).sum(-1, keepdim=True))
+                gamma = _at(vals_all, "gamma", wsl, q, 1.0)
+                scale_dy = gamma if r.algorithm == "muon" else gamma * lr
+                factors = self.grad(anchor, kf_all[:, :, wsl], kr_all[:, :, wsl],
+                                    v_all[:, :, wsl], {n: x[:, :, wsl] for n, x in
+                                                       vals_all.items()}, scale_dy)
+                g = mem.contract(shape, factors, torch.ones_like(gamma[..., 0]))
+                if r.retention == "user" and self.f.reg_grad is not None:
+                    reg = {n: self.f.reg_grad(x) for n, x in anchor.items()}
+                else:
+                    reg = None
+                if r.algorithm in ("gd", "implicit_gd"):
+                    u = {n: -x for n, x in g.items()}
+                elif r.algorithm == "momentum":
+                    assert mom is not None
+                    bm = _at(vals, "momentum", sl, q, 0.9)[:, :, 0]
+                    mom = {n: ops.channel_scale(shape, n, mom[n], bm) - g[n] for n in g}
+                    u = dict(mom)
+                else:  # muon
+                    assert mom is not None
+                    bm = _at(vals, "momentum", sl, q, 0.9)[:, :, 0]
+                    mom = {n: ops.channel_scale(shape, n, mom[n], bm) + g[n] for n in g}
+                    lr0 = lr[:, :, 0]
+                    u = {n: ops.channel_scale(shape, n, ops.newton_schulz(x, r.ns_steps), -lr0)
+                         for n, x in mom.items()}
+                if reg is not None:
+                    u = {n: u[n] - reg[n] for n in u}
+                acc = ops.add(ops.scale(shape, acc, alpha), u)
+                thr = _at(vals, "threshold", sl, q, 0.0)[:, :, 0]
+                cur = self.retain(base, beta, acc, thr)
+                a_t = ops.add(ops.scale(shape, base, beta), acc) if r.uses_accumulator else None
+                for _ in range(r.gd_steps - 1):  # MGD: more steps on the same token
+                    f2 = self.grad(cur, kf[:, :, sl], k[:, :, sl], v[:, :, sl],
+                                   {n: x[:, :, sl] for n, x in vals.items()}, lr)
+                    g2 = mem.contract(shape, f2, torch.ones_like(lr[..., 0]))
+                    cur = {n: cur[n] - g2[n] for n in cur}
+                read_w = prev if r.read_before else cur
+                outs.append(self.read(read_w, qf[:, :, sl], q[:, :, sl]))
+                prev = cur
+            theta = cur
+            if a_t is not None:
+                acc_state = a_t
+        o = torch.cat(outs, 2)
+        new_window = None
+        if c > 1:
+            keep = c - 1
+            new_window = (kf_all[:, :, -keep:], kr_all[:, :, -keep:], v_all[:, :, -keep:],
+                          {n: x[:, :, -keep:] for n, x in vals_all.items()})
+        return o, State(theta, mom, acc_state, new_window)
+
+
+def _chunks(T: int, size: int, lag: bool) -> list[tuple[int, int]]:
+    out = []
+    for t0 in range(0, T, size):
+        t1 = min(T, t0 + size)
+        if lag and t1 - t0 > 1:
+            out += [(t0, t0 + 1), (t0 + 1, t1)]
+        else:
+            out.append((t0, t1))
+    return out
+
+
+def _autograd_derivative(f: Map) -> Map:
+    def d(x: Tensor) -> Tensor:
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True) if not x.requires_grad else x
+            y = f(xx)
+            (g,) = torch.autograd.grad(y.sum(), xx, create_graph=x.requires_grad)
+        return g
+
+    return d
+
+
+def run_reference(recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: Tensor,
+                  vals: dict[str, Tensor], state: State, chunk: int = 1
+                  ) -> tuple[Tensor, State]:
+    """Token-by-token recurrence; ``chunk > 1`` anchors gradients at chunk starts.
+
+    ``q, k, v`` are ``[B, H, T, D]``; ``vals`` maps slot names (``lr``, ``decay``,
+    ``momentum``, ``gamma``, ``delta``, ``threshold``, user parameters) to ``[B, H, T, 1|D]``.
+    """
+    return _Runner(recipe, fns).reference(q, k, v, vals, state, chunk)
