@@ -253,6 +253,143 @@ class _Runner:
         return o, State(theta, mom, acc_state, new_window)
 
 
+    # ---- the chunk-parallel form ---------------------------------------------------------
+
+    def chunked(self, q: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tensor],
+                state: State, chunk: int) -> tuple[Tensor, State]:
+        """The same definition as :meth:`reference`, vectorised over the tokens of a chunk.
+
+        Per chunk: the inner gradients of all tokens at the anchor in one batched pass (one
+        pass per window offset), the momentum and accumulation scans in closed form, the
+        retention map and the reads batched over tokens with per-token weights
+        ``[B, H, n, ...]``.
+        """
+        r, shape = self.r, self.r.memory
+        qf, kf = self.f.feature(q), self.f.feature(k)
+        _B, _H, T, _ = q.shape
+        c = r.window
+        if state.window is not None:
+            pk, pr, pv, pvals = state.window
+            kf_all, kr_all = torch.cat([pk, kf], 2), torch.cat([pr, k], 2)
+            v_all = torch.cat([pv, v], 2)
+            vals_all = {n: torch.cat([pvals[n], t], 2) for n, t in vals.items()}
+            off = pk.shape[2]
+        else:
+            kf_all, kr_all, v_all, vals_all, off = kf, k, v, vals, 0
+        theta, mom, acc_state = state.weights, state.momentum, state.accum
+        uses_alpha = r.retention in ("decay", "lq", "kl", "bregman", "elastic_net")
+        outs = []
+        for t0, t1 in _chunks(T, chunk, r.lag_token):
+            n = t1 - t0
+            sl = slice(t0, t1)
+            base = acc_state if r.uses_accumulator else theta
+            assert base is not None
+            alpha = _at(vals, "decay", sl, q, 1.0)  # [B, H, n, 1|D]
+            if not uses_alpha:
+                alpha = torch.ones_like(alpha)
+            beta = _cumprod(alpha)
+            lr = _at(vals, "lr", sl, q, 1.0)
+            if r.algorithm == "implicit_gd":
+                lr = lr / (1 + lr * kf[:, :, sl].pow(2).sum(-1, keepdim=True))
+            # anchor per token: [B, H, n, ...] when decayed, else the chunk start
+            tok = {nm: x.unsqueeze(2) for nm, x in theta.items()}
+            anchor = ops.scale(shape, tok, beta) if r.decay_at == "decayed" else tok
+            g = None
+            for o in range(c):
+                idx = torch.arange(t0 + off - o, t1 + off - o)
+                ok = idx >= 0
+                if not bool(ok.any()):
+                    continue
+                idx = idx.clamp_min(0)
+                gamma = _at(vals_all, "gamma", slice(0, kf_all.shape[2]), q, 1.0)[:, :, idx]
+                gamma = gamma * ok.to(q.dtype).view(1, 1, n, 1)
+                scale_dy = gamma if r.algorithm == "muon" else gamma * lr
+                xs = kf_all[:, :, idx].unsqueeze(-2)
+                rs = kr_all[:, :, idx].unsqueeze(-2)
+                y, trace = mem.forward(shape, anchor, xs, rs, self.f.act)
+                dy = self.f.bias_grad(y, v_all[:, :, idx].unsqueeze(-2), rs,
+                                      {nm: x[:, :, idx].unsqueeze(-2)
+                                       for nm, x in vals_all.items()})
+                dy = dy * scale_dy.unsqueeze(-2)
+                factors = mem.backward(shape, anchor, trace, dy, self.act_grad)
+                part = mem.contract(shape, factors, torch.ones_like(dy[..., 0]))
+                g = part if g is None else ops.add(g, part)
+            assert g is not None
+            if r.algorithm in ("gd", "implicit_gd"):
+                u = {nm: -x for nm, x in g.items()}
+            else:
+                assert mom is not None
+                bm = _at(vals, "momentum", sl, q, 0.9)
+                sign = -1.0 if r.algorithm == "momentum" else 1.0
+                s_all = {nm: _scan(shape, nm, sign * g[nm], bm, mom[nm]) for nm in g}
+                mom = {nm: x[:, :, -1] for nm, x in s_all.items()}
+                if r.algorithm == "momentum":
+                    u = s_all
+                else:
+                    u = {nm: ops.channel_scale(shape, nm, ops.newton_schulz(x, r.ns_steps),
+                                               -lr) for nm, x in s_all.items()}
+            if r.retention == "user" and self.f.reg_grad is not None:
+                u = {nm: u[nm] - self.f.reg_grad(anchor[nm]).expand_as(u[nm]) for nm in u}
+            acc = {nm: _scan(shape, nm, x, alpha, None) for nm, x in u.items()}
+            thr = _at(vals, "threshold", sl, q, 0.0)
+            base_tok = {nm: x.unsqueeze(2) for nm, x in base.items()}
+            cur = self.retain(base_tok, beta, acc, thr)
+            if r.read_before:
+                read_w = {nm: torch.cat([theta[nm].unsqueeze(2), x[:, :, :-1]], 2)
+                          for nm, x in cur.items()}
+            else:
+                read_w = cur
+            y = self.read(read_w, qf[:, :, sl].unsqueeze(-2), q[:, :, sl].unsqueeze(-2))
+            outs.append(y.squeeze(-2))
+            theta = {nm: x[:, :, -1] for nm, x in cur.items()}
+            if r.uses_accumulator:
+                acc_state = {nm: ops.channel_scale(shape, nm, base[nm], beta[:, :, -1])
+                             + acc[nm][:, :, -1] for nm in base}
+        o = torch.cat(outs, 2)
+        new_window = None
+        if c > 1:
+            keep = c - 1
+            new_window = (kf_all[:, :, -keep:], kr_all[:, :, -keep:], v_all[:, :, -keep:],
+                          {n: x[:, :, -keep:] for n, x in vals_all.items()})
+        return o, State(theta, mom, acc_state, new_window)
+
+
+def _cumprod(a: Tensor) -> Tensor:
+    """``β_t = Π_{i ≤ t} a_i`` along the token axis (dim 2)."""
+    return torch.cumprod(a, dim=2)
+
+
+def _scan(shape: MemoryShape, name: str, x: Tensor, a: Tensor, h0: Tensor | None) -> Tensor:
+    """``h_t = a_t h_{t−1} + x_t`` over the token axis of ``x`` ``[B, H, n, ...]``.
+
+    One-per-head decays use the closed form ``h_t = Σ_{i ≤ t} (β_t/β_i) x_i (+ β_t h₀)`` as
+    one contraction with a lower-triangular ``[n, n]`` matrix (in log space); channel-wise
+    decays scan token by token.
+    """
+    n = x.shape[2]
+    if a.shape[-1] == 1:
+        la = torch.log(a[..., 0].clamp_min(1e-30))  # [B, H, n]
+        cum = torch.cumsum(la, dim=2)
+        diff = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # [B, H, t, i]
+        mask = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        L = torch.where(mask, torch.exp(diff.masked_fill(~mask, 0.0)), torch.zeros_like(diff))
+        flat = x.reshape(*x.shape[:3], -1)
+        h = torch.matmul(L, flat).reshape(x.shape)
+        if h0 is not None:
+            beta = torch.exp(cum).reshape(*cum.shape, *([1] * (x.dim() - 3)))
+            h = h + beta * h0.unsqueeze(2)
+        return h
+    outs = []
+    prev = h0
+    for t in range(n):
+        cur = x[:, :, t]
+        if prev is not None:
+            cur = ops.channel_scale(shape, name, prev, a[:, :, t]) + cur
+        outs.append(cur)
+        prev = cur
+    return torch.stack(outs, 2)
+
+
 def _chunks(T: int, size: int, lag: bool) -> list[tuple[int, int]]:
     out = []
     for t0 in range(0, T, size):
@@ -284,3 +421,10 @@ def run_reference(recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: Tensor,
     ``momentum``, ``gamma``, ``delta``, ``threshold``, user parameters) to ``[B, H, T, 1|D]``.
     """
     return _Runner(recipe, fns).reference(q, k, v, vals, state, chunk)
+
+
+def run_chunked(recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: Tensor,
+                vals: dict[str, Tensor], state: State, chunk: int = 64
+                ) -> tuple[Tensor, State]:
+    """The chunk-parallel form; equals :func:`run_reference` with the same ``chunk``."""
+    return _Runner(recipe, fns).chunked(q, k, v, vals, state, chunk)

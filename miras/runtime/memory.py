@@ -194,9 +194,9 @@ def backward(shape: MemoryShape, w: Weights, trace: Trace, dy: Tensor, act_grad:
 
 def contract(shape: MemoryShape, factors: dict[str, tuple[Tensor, Tensor]],
              coef: Tensor) -> Weights:
-    """``Σ_i coef_i δ_i a_iᵀ`` per weight; ``coef`` is ``[B, H, N]`` (or ``[B, H, N, 1]``)."""
+    """``Σ_i coef_i δ_i a_iᵀ`` per weight; ``coef`` has the shape of ``δ`` without its last dim."""
     out: Weights = {}
-    c = coef if coef.dim() == 4 else coef.unsqueeze(-1)
+    c = coef.unsqueeze(-1)
     for name, (delta, a) in factors.items():
         if shape.kind == "vector":
             out[name] = (c * delta * a).sum(-2)
