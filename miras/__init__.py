@@ -26,6 +26,7 @@ from pathlib import Path
 from miras import ast, ir
 from miras.diagnostics import Diagnostic, MirasError
 from miras.parse import parse_bytes, parse_text
+from miras.spec import Spec, space
 from miras.validate import Checked, check_file, check_text
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "Checked",
     "Diagnostic",
     "MirasError",
+    "Spec",
     "__version__",
     "ast",
     "check",
@@ -43,6 +45,7 @@ __all__ = [
     "parse_bytes",
     "parse_text",
     "run_frontend",
+    "space",
 ]
 
 Source = str | os.PathLike[str]

@@ -75,8 +75,9 @@ class Num(IRNode):
     @field_validator("value")
     @classmethod
     def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("numbers in the IR are finite")
+        # canonical form: a negative number is Neg(Num(x)), as the parser reads "-x"
+        if not math.isfinite(v) or v < 0:
+            raise ValueError("formula numbers in the IR are finite and non-negative")
         return v
 
 
