@@ -484,9 +484,11 @@ def test_package_exports() -> None:
 
 
 def test_spec_ir_is_what_the_text_reads_back_as() -> None:
-    # A hand-made formula with a negative literal has no text of its own: -1 reads back as
-    # Neg(Num(1)). The spec keeps the IR that its text produces.
-    expr = ir.BinOp(op="^", left=ir.Num(value=-0.5), right=ir.Var(name="h"))
+    # The IR has one form for a negative literal, Neg(Num(x)), as the parser reads "-x";
+    # a hand-made Num(-x) is rejected, and the spec's IR is what its text reads back as.
+    with pytest.raises(ValueError, match="non-negative"):
+        ir.Num(value=-0.5)
+    expr = ir.BinOp(op="^", left=ir.Neg(arg=ir.Num(value=0.5)), right=ir.Var(name="h"))
     spec = BASE.replace(retention=decay(alpha=ir.PerHead(expr=expr)))
     assert "per_head((-0.5)^h)" in spec.to_miras()
     assert spec.ir == miras.load(spec.to_miras())
