@@ -22,6 +22,7 @@ import difflib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 Severity = Literal["error", "warning", "note"]
@@ -144,23 +145,32 @@ def _where(span: Span | None) -> str:
     return f"{span.file}:{span.line}:{span.col}"
 
 
+@lru_cache(maxsize=16)
+def _lines(text: str) -> tuple[str, ...]:
+    # Lines end at '\n' only, as the parser counts them (str.splitlines also splits at '\f',
+    # a lone '\r', '\u2028', ...). Cached: a report of many diagnostics splits its source once.
+    return tuple(line.removesuffix("\r") for line in text.split("\n"))
+
+
 def _excerpt(span: Span | None, source: str | None, sources: dict[str, str] | None) -> list[str]:
     if span is None or span.line <= 0:
         return []
     text = source if source is not None else (sources or {}).get(span.file)
     if text is None:
         return []
-    src_lines = text.splitlines()
+    src_lines = _lines(text)
     if span.line > len(src_lines):
         return []
-    line = src_lines[span.line - 1].replace("\t", " ")
+    line = src_lines[span.line - 1]
+    start = 0
     if len(line) > 200:  # keep the excerpt readable for pathological inputs
         start = max(0, span.col - 100)
         line = line[start : start + 200]
-        col = span.col - start
-    else:
-        col = span.col
-    end = span.end_col if span.end_line == span.line else len(line) + 1
+    # One column per character, as the parser counts: tabs and control characters show as
+    # a space, so that the caret stays under the span (and a lone '\r' cannot garble it).
+    line = "".join(c if c.isprintable() else " " for c in line)
+    col = span.col - start
+    end = span.end_col - start if span.end_line == span.line else len(line) + 1
     width = max(1, min(end, len(line) + 1) - col)
     return ["    " + line, "    " + " " * (col - 1) + "^" + "~" * (width - 1)]
 

@@ -156,6 +156,12 @@ class _Builder(Transformer_NonRecursive):
         (tok,) = children
         text = str(tok)
         value: int | float
+        if not text.isascii():  # the grammar's \d also matches other scripts' digits
+            bad = next(i for i, ch in enumerate(text) if not ch.isascii())
+            where = Span.point(self.path, tok.line or 0, (tok.column or 0) + bad)
+            raise _SyntaxProblem(Diagnostic(
+                "error", "E002", f"unexpected character '{text[bad]}'; numbers are written "
+                "with the digits 0-9", where))
         # Integers beyond float range become inf, which the validator reports as not finite.
         if text.isdigit():
             value = int(text) if len(text) <= 300 else math.inf
@@ -237,36 +243,83 @@ def decode(data: bytes, path: str) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        # Columns count characters, like the parser's (the bytes before the error are valid).
+        col = len(data[line_start:exc.start].decode("utf-8")) + 1
+        shown = data.decode("utf-8", "replace")  # for the excerpt under the message
         raise MirasError([Diagnostic(
             "error", "E004", f"invalid UTF-8 byte 0x{data[exc.start]:02x}",
-            Span.point(path, line, col))]) from None
+            Span.point(path, line, col))], {path: shown}) from None
     return text
 
 
 def _check_nesting(text: str, path: str) -> None:
+    """Refuse deep brackets and long operator chains in one cheap pass, before parsing.
+
+    A chain of n operators of one precedence level (``1+1+...``, ``2*2*...``, ``-2^-2^...``)
+    nests n deep in the syntax tree, so n ≥ MAX_DEPTH can never pass :func:`_check_depth`;
+    refusing it here saves parsing a huge input first. Shorter chains are left to the exact
+    check on the tree.
+    """
     depth, line, col = 0, 1, 0
     in_comment = in_string = False
+    # Per bracket level: lengths of the current '+'/'-', '*'/'/' and unary/'^' chains.
+    chains, saved = [0, 0, 0], []
+    operand = False  # the last token ends an operand, so a '+' or '-' here is binary
+    # The last character of the name or number being read ("" between tokens); in a number,
+    # a '+' or '-' right after 'e' is the exponent's sign, not an operator.
+    in_number, last = False, ""
     for ch in text:
         col += 1
         if ch == "\n":
             line, col, in_comment, in_string = line + 1, 0, False, False
-        elif in_comment:
+            in_number, last = False, ""
             continue
-        elif ch == '"':
-            in_string = not in_string
-        elif in_string:
+        if in_comment:
             continue
-        elif ch == "#":
+        if ch == '"':
+            in_string, operand, in_number, last = not in_string, True, False, ""
+            continue
+        if in_string:
+            continue
+        if ch.isalnum() or ch in "_.":
+            if not last:  # a new name or number starts here
+                in_number = ch.isdigit() or ch == "."
+            operand, last = True, ch
+            continue
+        if ch in "+-" and in_number and last in ("e", "E"):
+            last = ch  # the sign of an exponent: part of the number
+            continue
+        in_number, last = False, ""
+        if ch.isspace():
+            continue
+        if ch == "#":
             in_comment = True
+            continue
+        if ch in "+-":
+            chains = [chains[0] + 1, 0, 0] if operand else [chains[0], chains[1], chains[2] + 1]
+        elif ch in "*/":
+            chains = [chains[0], chains[1] + 1, 0]
+        elif ch == "^":
+            chains[2] += 1
         elif ch in "({":
             depth += 1
             if depth > MAX_DEPTH:
                 raise MirasError([Diagnostic(
                     "error", "E006", f"brackets nested deeper than {MAX_DEPTH} levels",
                     Span.point(path, line, col))], {path: text})
+            saved.append(chains)
+            chains = [0, 0, 0]
         elif ch in ")}":
             depth = max(0, depth - 1)
+            chains = saved.pop() if saved else [0, 0, 0]
+        else:  # ',', '=', a comparison or a stray character: a new expression starts
+            chains = [0, 0, 0]
+        operand = ch in ")}"
+        if max(chains) >= MAX_DEPTH:
+            raise MirasError([Diagnostic(
+                "error", "E006", f"expression nested deeper than {MAX_DEPTH} operators",
+                Span.point(path, line, col))], {path: text})
 
 
 def _expr_children(node: object) -> tuple[object, ...]:
@@ -306,7 +359,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, path: str, text: str) -> Diagnostic
         ch = text[exc.pos_in_stream] if 0 <= exc.pos_in_stream < len(text) else "?"
         if ch == '"':
             return Diagnostic("error", "E003", "unterminated string", Span.point(path, line, col))
-        shown = ch if ch.isprintable() and not ch.isspace() else f"\\x{ord(ch):02x}"
+        shown = ch if ch.isprintable() and not ch.isspace() else ascii(ch)[1:-1]
         hint = ""
         if ch == ".":
             hint = "; '.' only appears inside numbers (there is no attribute access)"
@@ -318,8 +371,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, path: str, text: str) -> Diagnostic
         expected = sorted({_describe(t) for t in exc.expected if not t.startswith("__")})
         exp = ", ".join(expected[:8]) + (", ..." if len(expected) > 8 else "")
         if exc.token.type == "$END":
-            last = text.rstrip()
-            lines = last.splitlines() or [""]
+            lines = text.rstrip().split("\n")  # '\n' ends a line for the parser
             span = Span.point(path, max(1, len(lines)), len(lines[-1]) + 1)
             return Diagnostic("error", "E003",
                               f"unexpected end of file; expected {exp}", span)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import keyword
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ class _Loader:
                 text = decode(target.read_bytes(), shown)
             except MirasError as err:
                 self.diags += err.diagnostics
+                self.sources.update(err.sources)
                 continue
             except OSError as exc:
                 self.diags.append(Diagnostic("error", "E007", f"cannot read '{shown}': "
@@ -254,6 +256,9 @@ class _Validator:
         n_errors = self._count()
         known = catalog.model_fields()
         values: dict[str, Any] = {"name": name}
+        # A value can fail without a new diagnostic (it uses a definition whose own errors
+        # were reported before this model), so failures are tracked, not only counted.
+        failed = False
         self.origins[(name,)] = m.name.span
         for fname, f in fields.items():
             if fname not in known:
@@ -264,19 +269,23 @@ class _Validator:
             self.origins[(name, fname)] = f.value.span if hasattr(f.value, "span") else f.span
             if fname in catalog.AXES:
                 choice = self.choice(fname, f.value, (name, fname))
-                if choice is not None:
+                if choice is None:
+                    failed = True
+                else:
                     values[fname] = choice
             else:
                 p = catalog.model_params()[fname]
                 value = self.value(p, f.value, (name, fname))
-                if value is not _ERROR:
+                if value is _ERROR:
+                    failed = True
+                else:
                     values[fname] = value
         missing = [req for req in REQUIRED_FIELDS if req not in fields]
         if missing:
             self.error("E105", f"model '{name}' does not set {', '.join(missing)} (every model "
                        "declares the four Miras choices memory, bias, retention and algorithm)",
                        m.name.span)
-        if self._count() > n_errors:
+        if failed or self._count() > n_errors:
             return None
         model = ir.Model(**values)
         self.compatibility(model, fields)
@@ -388,7 +397,7 @@ class _Validator:
                 return _ERROR
             if kind.endswith("int"):
                 if not isinstance(number, int):
-                    self.error("E103", f"'{label}' must be an integer, not {_fmt(number)}",
+                    self.error("E103", f"'{label}' must be an integer, not {number!r}",
                                _span(expr))
                     return _ERROR
                 if p.even and number % 2:
@@ -831,6 +840,10 @@ class _FoldError(Exception):
         self.code, self.message, self.span = code, message, span
 
 
+#: Integers beyond this do not fit a float (the IR's number type); folding reports them.
+_MAX_INT = int(sys.float_info.max)
+
+
 def _fold(expr: ast.Expr) -> int | float:
     if isinstance(expr, ast.Number):
         v = expr.value
@@ -865,6 +878,8 @@ def _fold(expr: ast.Expr) -> int | float:
             raise _FoldError("E111", "the value is not a finite real number", expr.span) from None
         if isinstance(r, complex) or (isinstance(r, float) and not math.isfinite(r)):
             raise _FoldError("E111", "the value is not a finite real number", expr.span)
+        if isinstance(r, int) and abs(r) > _MAX_INT:
+            raise _FoldError("E111", "the value is too large to be represented", expr.span)
         return r
     if isinstance(expr, ast.Name):
         if expr.id in ("nan", "inf", "NaN", "Inf", "infinity"):
