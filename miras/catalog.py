@@ -59,6 +59,7 @@ class ParamInfo:
     lt: float | None = None
     even: bool = False
     required: bool = False
+    channel_ok: bool = True
 
     @property
     def gateable(self) -> bool:

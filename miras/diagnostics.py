@@ -50,6 +50,7 @@ CODES: dict[str, str] = {
     "E110": "a learned value is not allowed here (the value must be a literal)",
     "E111": "number is not finite or not representable",
     "E112": "reserved identifier",
+    "E136": "a channel-wise value where one value per head is needed",
     # definitions, extends, include
     "E120": "duplicate definition",
     "E121": "unknown parent model in 'extends'",

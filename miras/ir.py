@@ -156,13 +156,15 @@ class Gate(IRNode):
     Produced from the layer input by a linear map (low-rank ``x → R^rank → R^d`` when
     ``channel=true``) followed by ``act``; ``init`` sets the projection bias so that the
     gate starts near that value; ``scale`` multiplies the activation (Titans' max lr).
+    ``act=mamba`` is Mamba2's decay ``exp(−A·softplus(W x + b))`` with a learned ``A > 0``
+    per head. Channel-wise decays act on the key (input) dimension of the memory.
     """
 
     kind: Literal["gate"] = "gate"
     name: ClassVar[str] = "gate"
     role: Role = P("lr", "the role the gate plays (set from where it is used)", internal=True)
     channel: bool = P(False, "one value per channel instead of one per head")
-    rank: int = P(32, "rank of the low-rank projection of a channel-wise gate", ge=1)
+    rank: int = P(32, "rank of the low-rank projection of a channel-wise gate", ge=1, le=4096)
     act: GateAct = P("sigmoid", "activation producing the gate value")
     init: float | None = P(None, "initial gate value (before scale); None: the layer's choice")
     scale: float = P(1.0, "multiplier after the activation", gt=0)
@@ -239,6 +241,8 @@ class UserArg(IRNode):
 # The choices. Each class: docstring = documentation, `ref` = paper reference.
 # --------------------------------------------------------------------------------------------
 
+#: ``uniform`` is positive: the constant 1/fan_in for linear memory, a positive random draw
+#: (mean 1/fan_in) for deep memory so that hidden units differ.
 Init = Literal["zeros", "normal", "uniform", "identity"]
 #: Initialisations that make every memory weight positive (needed by log/logit retention).
 POSITIVE_INITS = frozenset({"uniform"})
@@ -367,7 +371,7 @@ class Huber(Choice):
     axis: ClassVar[str] = "bias"
     ref: ClassVar[str] = "[M] Eq 16, 26 (Yaad)"
     kind: Literal["huber"] = "huber"
-    delta: Scalar = P(Const(value=1.0), "threshold δ", gt=0, role="delta")
+    delta: Scalar = P(Const(value=1.0), "threshold δ", gt=0, role="delta", channel_ok=False)
 
 
 class HuberCoord(Choice):
@@ -385,7 +389,7 @@ class HuberNorm(Choice):
     axis: ClassVar[str] = "bias"
     ref: ClassVar[str] = "[M] Eq 15"
     kind: Literal["huber_norm"] = "huber_norm"
-    delta: Scalar = P(Const(value=1.0), "threshold δ", gt=0, role="delta")
+    delta: Scalar = P(Const(value=1.0), "threshold δ", gt=0, role="delta", channel_ok=False)
 
 
 class RobustShift(Choice):
@@ -394,7 +398,8 @@ class RobustShift(Choice):
     axis: ClassVar[str] = "bias"
     ref: ClassVar[str] = "[M] Eq 17"
     kind: Literal["robust_shift"] = "robust_shift"
-    radius: Scalar = P(Const(value=0.1), "radius Δ of the value perturbation", ge=0, role="delta")
+    radius: Scalar = P(Const(value=0.1), "radius Δ of the value perturbation", ge=0,
+                       role="delta", channel_ok=False)
 
 
 class UserBias(Choice):

@@ -156,12 +156,6 @@ class _Builder(Transformer_NonRecursive):
         (tok,) = children
         text = str(tok)
         value: int | float
-        if not text.isascii():  # the grammar's \d also matches other scripts' digits
-            bad = next(i for i, ch in enumerate(text) if not ch.isascii())
-            where = Span.point(self.path, tok.line or 0, (tok.column or 0) + bad)
-            raise _SyntaxProblem(Diagnostic(
-                "error", "E002", f"unexpected character '{text[bad]}'; numbers are written "
-                "with the digits 0-9", where))
         # Integers beyond float range become inf, which the validator reports as not finite.
         if text.isdigit():
             value = int(text) if len(text) <= 300 else math.inf
@@ -250,6 +244,8 @@ def decode(data: bytes, path: str) -> str:
         raise MirasError([Diagnostic(
             "error", "E004", f"invalid UTF-8 byte 0x{data[exc.start]:02x}",
             Span.point(path, line, col))], {path: shown}) from None
+    if text.startswith("\ufeff"):  # a byte-order mark, as some editors write
+        text = text[1:]
     return text
 
 
@@ -363,8 +359,8 @@ def _syntax_diagnostic(exc: UnexpectedInput, path: str, text: str) -> Diagnostic
         hint = ""
         if ch == ".":
             hint = "; '.' only appears inside numbers (there is no attribute access)"
-        elif ch in ";:[]{}@$!%&|~`\\'":
-            hint = ""
+        elif ch.isdigit():
+            hint = "; numbers are written with the digits 0-9"
         return Diagnostic("error", "E002", f"unexpected character '{shown}'{hint}",
                           Span.point(path, line, col))
     if isinstance(exc, UnexpectedToken):

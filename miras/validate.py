@@ -40,6 +40,13 @@ FORMULA_VARS: dict[str, dict[str, str]] = {
     "per_head": {"h": "scalar"},
 }
 RETENTION_FIELDS = ("regularizer", "potential")
+#: per_head schedules are range-checked on this many heads (more when the model says).
+PER_HEAD_CHECKED = 64
+#: The value range of each gate activation, for scale 1 (open or closed ends alike).
+GATE_RANGES: dict[str, tuple[float, float]] = {
+    "sigmoid": (0.0, 1.0), "mamba": (0.0, 1.0), "softplus": (0.0, math.inf),
+    "exp": (0.0, math.inf), "tanh": (-1.0, 1.0), "identity": (-math.inf, math.inf),
+}
 MAX_NAME = 64
 
 
@@ -154,7 +161,8 @@ class _Validator:
             why = f"names are at most {MAX_NAME} characters"
         if why:
             shown = ident if len(ident) <= MAX_NAME else ident[:MAX_NAME] + "..."
-            self.error("E112", f"'{shown}' cannot name a {what}: {why}", name.span)
+            article = "an" if what[0] in "aeiou" else "a"
+            self.error("E112", f"'{shown}' cannot name {article} {what}: {why}", name.span)
             return True
         return False
 
@@ -280,7 +288,9 @@ class _Validator:
                     failed = True
                 else:
                     values[fname] = value
-        missing = [req for req in REQUIRED_FIELDS if req not in fields]
+        misspelled = [f for f in fields if f not in known]
+        missing = [req for req in REQUIRED_FIELDS if req not in fields
+                   and not any(suggest(f, [req]) for f in misspelled)]
         if missing:
             self.error("E105", f"model '{name}' does not set {', '.join(missing)} (every model "
                        "declares the four Miras choices memory, bias, retention and algorithm)",
@@ -466,6 +476,15 @@ class _Validator:
                 formula = self.formula(expr.args[0].value, "per_head", {}, cond_ok=False)
                 if formula is None:
                     return _ERROR
+                for h in range(PER_HEAD_CHECKED):
+                    value = evaluate(formula[0], {"h": float(h)})
+                    if value is None or not math.isfinite(value):
+                        self.error("E111", f"per_head formula of '{label}' is not a finite "
+                                   f"number at head h = {h}", _span(expr.args[0].value))
+                        return _ERROR
+                    if not self.in_range(p, value, expr.args[0].value, label,
+                                         f" at head h = {h}"):
+                        return _ERROR
                 return ir.PerHead(expr=formula[0])
             cls = catalog.VALUE_CLASSES[fn]
             values = self.bind(catalog.params_of(cls), expr.args, where, f"{fn}(...)",
@@ -477,6 +496,13 @@ class _Validator:
                 return _ERROR
             if fn == "gate":
                 values["role"] = p.role
+                if not self.gate_range(p, values, expr, label):
+                    return _ERROR
+                if values.get("channel") and p.role == "delta" and not p.channel_ok:
+                    self.error("E136", f"'{label}' is compared with the norm of the error, one "
+                               "number per head: a channel-wise gate has no meaning here",
+                               expr.func.span)
+                    return _ERROR
                 if not values.get("channel", False) and any(
                         a.name is not None and a.name.id == "rank" for a in expr.args):
                     self.warn("W202", "'rank' has no effect on a gate with channel=false "
@@ -489,12 +515,38 @@ class _Validator:
             return _ERROR
         return ir.Const(value=float(number))
 
-    def in_range(self, p: catalog.ParamInfo, x: float, expr: ast.Expr, label: str) -> bool:
+    def gate_range(self, p: catalog.ParamInfo, values: dict[str, Any], expr: ast.Call,
+                   label: str) -> bool:
+        """The gate's activation must stay inside the parameter's range."""
+        act = values.get("act", "sigmoid")
+        scale = float(values.get("scale", 1.0))
+        lo, hi = GATE_RANGES[act]
+        lo, hi = lo * scale, hi * scale
+        low_bad = (p.ge is not None and lo < p.ge) or (p.gt is not None and lo < p.gt)
+        high_bad = (p.le is not None and hi > p.le) or (p.lt is not None and hi >= p.lt)
+        if low_bad or high_bad:
+            side = "below" if low_bad else "above"
+            bound = (p.ge if p.ge is not None else p.gt) if low_bad else (
+                p.le if p.le is not None else p.lt)
+            fits = [a for a, (a_lo, a_hi) in GATE_RANGES.items()
+                    if not ((p.ge is not None and a_lo * scale < p.ge)
+                            or (p.gt is not None and a_lo * scale < p.gt)
+                            or (p.le is not None and a_hi * scale > p.le)
+                            or (p.lt is not None and a_hi * scale >= p.lt))]
+            hint = f"; use act={' or act='.join(fits)}" if fits else ""
+            self.error("E104", f"a gate with act={act} and scale={_fmt(scale)} can take values "
+                       f"{side} {_fmt(float(bound))} (the range of '{label}' is "
+                       f"{p.range_text()}){hint}", expr.func.span)
+            return False
+        return True
+
+    def in_range(self, p: catalog.ParamInfo, x: float, expr: ast.Expr, label: str,
+                 where: str = "") -> bool:
         bad = ((p.ge is not None and x < p.ge) or (p.gt is not None and x <= p.gt)
                or (p.le is not None and x > p.le) or (p.lt is not None and x >= p.lt))
         if bad:
-            self.error("E104", f"'{label}' = {_fmt(x)} is out of range ({p.range_text()})",
-                       _span(expr))
+            self.error("E104", f"'{label}' = {_fmt(x)}{where} is out of range "
+                       f"({p.range_text()})", _span(expr))
         return not bad
 
     def fold(self, expr: ast.Expr, label: str) -> int | float | None:
@@ -777,6 +829,60 @@ def _vars(expr: ir.Expr) -> set[str]:
     return out
 
 
+_EVAL_FUNCTIONS: dict[str, Any] = {
+    "abs": abs, "sign": lambda x: math.copysign(1.0, x) if x else 0.0, "exp": math.exp,
+    "log": math.log, "log1p": math.log1p, "sqrt": math.sqrt, "tanh": math.tanh,
+    "sigmoid": lambda x: 1 / (1 + math.exp(-x)), "softplus": lambda x: math.log1p(math.exp(x)),
+    "cosh": math.cosh, "sinh": math.sinh, "atan": math.atan, "erf": math.erf,
+    "relu": lambda x: max(x, 0.0), "min": min, "max": max,
+}
+
+
+def evaluate(expr: ir.Expr, env: dict[str, float]) -> float | None:
+    """Numeric value of a scalar formula (None when undefined: log of a negative, ...).
+
+    >>> evaluate(ir.BinOp(op="^", left=ir.Num(value=2), right=ir.Var(name="h")), {"h": 3.0})
+    8.0
+    """
+    try:
+        return _evaluate(expr, env)
+    except (ValueError, ZeroDivisionError, OverflowError, TypeError):
+        return None
+
+
+def _evaluate(e: ir.Expr, env: dict[str, float]) -> float:
+    if isinstance(e, ir.Num):
+        return e.value
+    if isinstance(e, ir.Var):
+        return env[e.name] if e.name in env else ir.CONSTANTS[e.name]
+    if isinstance(e, ir.Neg):
+        return -_evaluate(e.arg, env)
+    if isinstance(e, ir.BinOp):
+        a, b = _evaluate(e.left, env), _evaluate(e.right, env)
+        if e.op == "+":
+            return a + b
+        if e.op == "-":
+            return a - b
+        if e.op == "*":
+            return a * b
+        if e.op == "/":
+            return a / b
+        r = a**b
+        if isinstance(r, complex):
+            raise ValueError("complex")
+        return float(r)
+    if isinstance(e, ir.Fn) and e.name == "where":
+        c = e.args[0]
+        assert isinstance(c, ir.Cmp)
+        a, b = _evaluate(c.left, env), _evaluate(c.right, env)
+        ok = {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b,
+              "!=": a != b}[c.op]
+        return _evaluate(e.args[1] if ok else e.args[2], env)
+    if isinstance(e, ir.Fn) and e.name in _EVAL_FUNCTIONS:
+        return float(_EVAL_FUNCTIONS[e.name](*(_evaluate(a, env) for a in e.args)))
+    raise ValueError(f"cannot evaluate {e!r}")
+
+
 def poly_degree(expr: ir.Expr, var: str) -> float:
     """Polynomial degree of ``expr`` in ``var`` (``inf`` when not a polynomial in it).
 
@@ -825,10 +931,12 @@ def _not_affine(m: ir.Model) -> str | None:
     if isinstance(bias, ir.UserBias):
         if poly_degree(bias.definition.formula, "y") > 2:
             return f"the gradient of bias '{bias.definition.name}' is not affine in y"
-    elif not isinstance(bias, ir.L2 | ir.Dot):
+    elif not (isinstance(bias, ir.L2 | ir.Dot) or (isinstance(bias, ir.Lp) and bias.p == 2)):
         return f"the gradient of bias '{bias.kind}' is not affine in y"
-    if not isinstance(m.retention, ir.NoRetention | ir.Decay):
-        return f"retention '{m.retention.kind}' is not a linear map"
+    ret = m.retention
+    if not (isinstance(ret, ir.NoRetention | ir.Decay)
+            or (isinstance(ret, ir.Bregman) and ret.potential == "quadratic")):
+        return f"retention '{ret.kind}' is not a linear map"
     if not isinstance(m.algorithm, ir.GD | ir.Momentum | ir.ImplicitGD):
         return f"algorithm '{m.algorithm.kind}' is not linear in the gradient"
     return None

@@ -114,6 +114,9 @@ CASES: dict[str, Case] = {
                        "algorithm = nonparametric"), 1, 69, message="go together"),
     "E135": Case(model("hybrid = mac", "memory = nonparametric  bias = l2  retention = none  "
                        "algorithm = nonparametric"), 1, 100, message="is attention already"),
+    "E136": Case("model m {\n  memory = matrix\n  bias = huber(delta=gate(channel=true))\n"
+                 "  retention = none\n  algorithm = gd\n}", 3, 22,
+                 message="a channel-wise gate has no meaning"),
     # ---- warnings (checked alone: a program with only warnings is valid) ----------------
     "W201": Case("bias b(c=1) = sum((y - v)^2)", 1, 8,
                  message="parameter 'c' of bias 'b' is not used"),

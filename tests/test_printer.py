@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import miras
 from miras import catalog, ir
 from miras.printer import format_text, ir_expr, print_program
+from miras.validate import GATE_RANGES
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.miras"))
 
@@ -159,10 +160,18 @@ def scalar(draw: st.DrawFn, p: catalog.ParamInfo) -> ir.IRNode:
     if kind == "learned":
         return ir.Learned(init=draw(_bounded(p, False)), channel=draw(st.booleans()))
     if kind == "per_head":
-        return ir.PerHead(expr=draw(_expr(["h"])))
-    return ir.Gate(role=p.role, channel=draw(st.booleans()), act=draw(st.sampled_from(
-        catalog.GATE_ACTS)), init=draw(st.none() | _bounded(p, False)),
-        scale=draw(st.floats(0.01, 10)), per=draw(st.sampled_from(["token", "chunk"])))
+        # an in-range constant plus a term in h that vanishes: any schedule must stay in range
+        c = draw(_bounded(p, False))
+        head = ir.BinOp(op="*", left=ir.Num(value=0), right=ir.Var(name="h"))
+        value: ir.Expr = ir.Neg(arg=ir.Num(value=-c)) if c < 0 else ir.Num(value=c)
+        return ir.PerHead(expr=ir.BinOp(op="+", left=value, right=head))
+    scale = draw(st.floats(0.01, 1.0))
+    acts = [a for a, (lo, hi) in GATE_RANGES.items()
+            if not ((p.ge is not None and lo * scale < p.ge) or (p.gt is not None and lo < p.gt)
+                    or (p.le is not None and hi * scale > p.le))]
+    return ir.Gate(role=p.role, channel=draw(st.booleans()) if p.channel_ok else False,
+                   act=draw(st.sampled_from(acts)), init=draw(st.none() | _bounded(p, False)),
+                   scale=scale, per=draw(st.sampled_from(["token", "chunk"])))
 
 
 @st.composite
@@ -206,10 +215,34 @@ def programs(draw: st.DrawFn) -> ir.Program:
             fields["bias"] = ir.UserBias(definition=bias_def, args=tuple(
                 ir.UserArg(name=p.name, value=p.default or ir.Const(value=draw(NUMS)))
                 for p in bias_def.params))
+        _make_compatible(fields)
         models.append(ir.Model(name=name, heads=draw(st.none() | st.integers(1, 64)),
                                read=draw(st.sampled_from(["after_write", "before_write"])),
                                **fields))
     return ir.Program(definitions=(bias_def, act), models=tuple(models))
+
+
+def _make_compatible(f: dict[str, ir.Choice]) -> None:
+    """Adjust a random combination so that it passes the compatibility rules (E130-E135),
+    keeping as much of the draw as possible; the rules themselves are tested elsewhere."""
+    if isinstance(f["memory"], ir.Nonparametric):
+        f.update(algorithm=ir.NonparametricAlg(), bias=ir.L2(), retention=ir.NoRetention(),
+                 hybrid=ir.NoHybrid(), parallel=ir.Chunk())
+        return
+    if isinstance(f["algorithm"], ir.NonparametricAlg):
+        f["algorithm"] = ir.GD()
+    ret, mem = f["retention"], f["memory"]
+    if isinstance(ret, ir.KL | ir.FDiv) or (isinstance(ret, ir.Bregman)
+                                            and ret.potential != "quadratic"):
+        f["memory"] = mem = mem.model_copy(update={"init": "uniform"})
+    if isinstance(f["algorithm"], ir.Muon) and isinstance(mem, ir.Vector):
+        f["memory"] = ir.Matrix(init=mem.init)
+    if isinstance(f["algorithm"], ir.ImplicitGD):
+        f["bias"] = ir.L2()
+        if not isinstance(f["memory"], ir.Matrix | ir.Vector):
+            f["memory"] = ir.Matrix(init=getattr(f["memory"], "init", "zeros"))
+    if isinstance(f["parallel"], ir.Exact):
+        f["parallel"] = ir.Chunk(size=f["parallel"].size)
 
 
 COMBINATION_CODES = {"E130", "E131", "E132", "E133", "E134", "E135"}

@@ -154,7 +154,7 @@ def _arg_text(v: Any) -> str:
     if isinstance(v, str):
         return v
     if isinstance(v, ir.Gate):
-        return "gate(channel=true)"
+        return "gate(channel=true)" if v.channel else "gate()"
     if isinstance(v, ir.Learned):
         return f"learned(init={v.init!r})"
     raise AssertionError(v)
@@ -169,7 +169,7 @@ def _non_default(p: catalog.ParamInfo) -> Any:
     if p.kind == "act":
         return "silu"
     if p.kind == "scalar":
-        return gate(channel=True) if p.gateable else learned(init=0.5)
+        return gate(channel=p.channel_ok) if p.gateable else learned(init=0.5)
     lo = p.ge if p.ge is not None else (p.gt if p.gt is not None else 0)
     if p.kind == "int":
         return int(lo) + 2 if int(lo) + 2 != p.default else int(lo) + 4
@@ -488,7 +488,9 @@ def test_spec_ir_is_what_the_text_reads_back_as() -> None:
     # a hand-made Num(-x) is rejected, and the spec's IR is what its text reads back as.
     with pytest.raises(ValueError, match="non-negative"):
         ir.Num(value=-0.5)
-    expr = ir.BinOp(op="^", left=ir.Neg(arg=ir.Num(value=0.5)), right=ir.Var(name="h"))
+    power = ir.BinOp(op="^", left=ir.Neg(arg=ir.Num(value=0.5)), right=ir.Var(name="h"))
+    expr = ir.BinOp(op="+", left=ir.Num(value=0.5),
+                    right=ir.BinOp(op="/", left=power, right=ir.Num(value=4)))
     spec = BASE.replace(retention=decay(alpha=ir.PerHead(expr=expr)))
-    assert "per_head((-0.5)^h)" in spec.to_miras()
+    assert "per_head(0.5 + (-0.5)^h / 4)" in spec.to_miras()
     assert spec.ir == miras.load(spec.to_miras())

@@ -260,7 +260,9 @@ def test_include_model_name_clash_reported(tmp_path: Path) -> None:
 # ---- values: learned, per_head, gate ---------------------------------------------------------
 
 
-GATE = "gate(channel=true, act=softplus, init=0.5)"
+GATE = "gate(channel={channel}, act=sigmoid, init=0.5)"
+#: parameters compared with a norm take one value per head
+PER_HEAD_ONLY = {"huber", "robust_shift"}
 
 
 @pytest.mark.parametrize(("axis", "call", "param", "role"), [
@@ -279,11 +281,12 @@ GATE = "gate(channel=true, act=softplus, init=0.5)"
 ])
 def test_gate_role_comes_from_the_parameter(axis: str, call: str, param: str,
                                             role: str) -> None:
-    value = call.replace("{}", GATE)
+    channel = call.split("(")[0] not in PER_HEAD_ONLY
+    value = call.replace("{}", GATE.format(channel="true" if channel else "false"))
     src = spec(**{axis: value}) if axis != "window" else spec(extra=f"window = {value}")
     m = load(src)
     gate = getattr(getattr(m, axis), param)
-    assert gate == ir.Gate(role=role, channel=True, act="softplus", init=0.5)  # type: ignore[arg-type]
+    assert gate == ir.Gate(role=role, channel=channel, act="sigmoid", init=0.5)  # type: ignore[arg-type]
 
 
 def test_gate_all_arguments_and_defaults() -> None:
@@ -330,7 +333,7 @@ def test_per_head_schedule_ir() -> None:
     ("per_head(h > 1)", "E143", "a comparison can only be the condition"),
     ("learned(init=2)", "E104", "'alpha' = 2 is out of range (≥ 0, ≤ 1)"),
     ("gate(init=-0.5)", "E104", "'alpha' = -0.5 is out of range"),
-    ("gate(rank=0, channel=true)", "E104", "'rank' = 0 is out of range (≥ 1)"),
+    ("gate(rank=0, channel=true)", "E104", "'rank' = 0 is out of range (≥ 1, ≤ 4096)"),
     ("gate(scale=0)", "E104", "'scale' = 0 is out of range (> 0)"),
     ("gate(act=relu)", "E101", "unknown value 'relu' for 'act'"),
     ("gate(per=block)", "E101", "unknown value 'block' for 'per'"),
@@ -865,7 +868,7 @@ def test_poly_degree(text: str, degree: float) -> None:
     (spec(name="__init__"), "'__init__' cannot name a model"),
     (spec(name="m" * 65), "cannot name a model: names are at most 64 characters"),
     ("bias lambda = sum(y)", "'lambda' cannot name a bias definition"),
-    ("act __call__ = x", "'__call__' cannot name a act definition"),
+    ("act __call__ = x", "'__call__' cannot name an act definition"),
     ("feature f(import=1) = x", "'import' cannot name a parameter"),
 ])
 def test_reserved_names(src: str, what: str) -> None:
@@ -928,3 +931,61 @@ def test_unknown_field_in_parent_reported_at_the_parent_only() -> None:
     src = spec(extra="colour = 1", name="base") + "\nmodel child extends base { heads = 1 }"
     got = [(d.code, d.span.line) for d in diags(src)]  # type: ignore[union-attr]
     assert got == [("E101", 1)]
+
+
+# ---- gate activations, per-head schedules, misspellings ----------------------------------------
+
+BASE4 = "memory = matrix\n  bias = l2\n  retention = {ret}\n  algorithm = {alg}"
+
+
+@pytest.mark.parametrize(
+    ("ret", "alg", "ok"),
+    [
+        ("decay(alpha=gate(act=sigmoid))", "gd(lr=gate(act=softplus))", True),
+        ("decay(alpha=gate(act=mamba))", "gd(lr=gate(act=exp))", True),
+        ("decay(alpha=gate(act=softplus))", "gd", False),  # can exceed 1
+        ("decay(alpha=gate(act=sigmoid, scale=2))", "gd", False),  # up to 2
+        ("decay", "gd(lr=gate(act=tanh))", False),  # can be negative
+        ("decay", "gd(lr=gate(act=identity))", False),
+        ("decay(alpha=per_head(1 - 2^(-5 - h)))", "gd", True),
+        ("decay(alpha=per_head(2 - h))", "gd", False),  # 2 at h = 0
+        ("decay(alpha=per_head(1 - h / 32))", "gd", False),  # negative from h = 33
+        ("decay(alpha=per_head(log(h)))", "gd", False),  # undefined at h = 0
+    ],
+)
+def test_gate_and_schedule_ranges(ret: str, alg: str, ok: bool) -> None:
+    text = "model m {\n  " + BASE4.format(ret=ret, alg=alg) + "\n}"
+    if ok:
+        miras.check(text)
+    else:
+        with pytest.raises(miras.MirasError) as err:
+            miras.check(text)
+        assert set(err.value.codes) <= {"E104", "E111"}
+
+
+def test_gate_range_message_suggests_activations() -> None:
+    with pytest.raises(miras.MirasError) as err:
+        miras.check("model m {\n  " + BASE4.format(ret="decay(alpha=gate(act=exp))", alg="gd")
+                    + "\n}")
+    (d,) = err.value.diagnostics
+    assert "act=exp" in d.message and "act=sigmoid" in d.message and "act=mamba" in d.message
+
+
+def test_misspelled_required_field_is_one_diagnostic() -> None:
+    with pytest.raises(miras.MirasError) as err:
+        miras.check("model m { memory = matrix  bias = l2  retntion = none  algorithm = gd }")
+    assert err.value.codes == ["E101"]
+    assert "did you mean 'retention'" in err.value.diagnostics[0].message
+
+
+def test_byte_order_mark_is_accepted(tmp_path) -> None:
+    p = tmp_path / "bom.miras"
+    p.write_bytes(b"\xef\xbb\xbfmodel m { memory = matrix bias = l2 retention = none "
+                  b"algorithm = gd }")
+    assert miras.load(p).name == "m"
+
+
+def test_exact_accepts_other_affine_updates() -> None:
+    for bias, ret in (("lp(p=2)", "none"), ("l2", "bregman(potential=quadratic)")):
+        miras.check(f"model m {{ memory = matrix  bias = {bias}  retention = {ret}  "
+                    "algorithm = gd  parallel = exact(size=16) }")
