@@ -97,6 +97,9 @@ def load(source: Source, model: str | None = None) -> ir.Model:
 
         names = ", ".join(m.name for m in program.models) or "none"
         where = str(source) if _is_path(source) else "<string>"
+        if model is None:
+            raise MirasError([Diagnostic("error", "E105", "the spec declares no model",
+                                         Span(where, 0, 0, 0, 0))]) from None
         raise MirasError([Diagnostic(
             "error", "E101", f"no model named {model!r} (models: {names})",
             Span(where, 0, 0, 0, 0))]) from None
