@@ -8,9 +8,11 @@ stage      module                      input → output
 parse      :mod:`miras.parse`          text → :class:`miras.ast.SourceFile`
 validate   :mod:`miras.validate`       AST → :class:`miras.ir.Program` (+ origins)
 format     :mod:`miras.printer`        AST or IR → canonical ``.miras`` text
+symbolic   :mod:`miras.symbolic`       IR → derived math, printed as torch/Triton code
+plan       :mod:`miras.plan`           IR + derivation → :class:`miras.plan.Plan` (data)
+codegen    :mod:`miras.compiler`       plan → generated module (jinja2), cached on disk
+runtime    :mod:`miras.runtime`        generated module → ``Compiled`` / ``MirasLayer``
 =========  ==========================  =========================================
-
-Later stages (symbolic → plan → codegen → runtime) build on the IR.
 
 >>> import miras
 >>> m = miras.load("model m { memory = matrix  bias = l2  retention = none  algorithm = gd }")
@@ -33,12 +35,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Checked",
+    "Compiled",
     "Diagnostic",
     "MirasError",
     "Spec",
     "__version__",
     "ast",
     "check",
+    "compile",
     "ir",
     "load",
     "parse",
@@ -49,6 +53,20 @@ __all__ = [
 ]
 
 Source = str | os.PathLike[str]
+
+
+def __getattr__(name: str) -> object:
+    # The compiler pulls in torch; import it on first use so that the front end (and
+    # `miras check`) stays fast.
+    if name == "compile":
+        from miras.compiler import compile as compile_
+
+        return compile_
+    if name == "Compiled":
+        from miras.runtime.compiled import Compiled
+
+        return Compiled
+    raise AttributeError(f"module 'miras' has no attribute {name!r}")
 
 
 def _is_path(source: Source) -> bool:

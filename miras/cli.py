@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,6 +21,9 @@ from miras import ast, catalog, ir
 from miras.codegen import render
 from miras.diagnostics import Diagnostic, MirasError, render_json, render_text
 from miras.printer import format_source, print_program, value_text
+
+# torch's CPU wheel warns at import that numpy is missing; miras does not use numpy
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 app = typer.Typer(
     name="miras",
@@ -39,6 +43,9 @@ class Format(str, Enum):
 class Stage(str, Enum):
     ast = "ast"
     ir = "ir"
+    symbolic = "symbolic"
+    plan = "plan"
+    torch = "torch"
 
 
 Files = Annotated[list[Path], typer.Argument(help=".miras files", show_default=False)]
@@ -179,9 +186,45 @@ def emit(
         return
     checked = _load(file)
     program = checked.program
-    if model is not None:
-        program = ir.Program(definitions=program.definitions, models=(_pick(program, model),))
-    typer.echo(program.model_dump_json(indent=2))
+    if stage is Stage.ir:
+        if model is not None:
+            program = ir.Program(definitions=program.definitions,
+                                 models=(_pick(program, model),))
+        typer.echo(program.model_dump_json(indent=2))
+        return
+    from miras.compiler import render_torch
+
+    m = _pick(program, model)
+    p = _plan(file, m)
+    if stage is Stage.symbolic:
+        typer.echo(p.explain)
+    elif stage is Stage.plan:
+        typer.echo(p.to_json())
+    else:
+        typer.echo(render_torch(p), nl=False)
+
+
+def _plan(path: Path, m: ir.Model) -> Any:
+    """The plan of a model, or exit 1 with a diagnostic when the derivation fails."""
+    from miras.compiler import build_plan
+
+    try:
+        return build_plan(path, m.name)
+    except MirasError as err:
+        _report(err.diagnostics, err.sources or miras.run_frontend(path).sources, Format.text)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def explain(file: File, model: ModelOpt = None,
+            latex: Annotated[bool, typer.Option("--latex", help="LaTeX instead of unicode")]
+            = False) -> None:
+    """Print the derived per-token update rule of a model."""
+    checked = _load(file)
+    m = _pick(checked.program, model)
+    from miras.symbolic.lower import explain as explain_rule
+
+    typer.echo(explain_rule(m, latex=latex))
 
 
 def _pick(program: ir.Program, name: str | None) -> ir.Model:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import pprint
 from functools import cache
 from typing import Any
 
@@ -17,7 +18,7 @@ from miras.resources import data_dir
 @cache
 def environment() -> jinja2.Environment:
     """The one jinja2 environment of miras: StrictUndefined, trimmed blocks, no autoescape."""
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(data_dir("templates"))),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -25,6 +26,33 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+    # Python literals of plain data (plan values are str/int/float/bool/None/dict/list only)
+    env.filters["pyrepr"] = pyrepr
+    env.filters["pystr"] = pystr
+    return env
+
+
+def pyrepr(value: Any, width: int = 92) -> str:
+    """A Python literal, wrapped to ``width`` columns (continuation lines unindented).
+
+    >>> print(pyrepr({"a": 1, "b": [2, 3]}))
+    {'a': 1, 'b': [2, 3]}
+    """
+    return pprint.pformat(value, width=width, sort_dicts=False)
+
+
+def pystr(text: str) -> str:
+    """A (possibly multi-line) string as parenthesised, line-per-line literals.
+
+    >>> print(pystr("a\\nb\\n"))
+    (
+        'a\\n'
+        'b\\n'
+    )
+    """
+    lines = text.splitlines(keepends=True) or [""]
+    body = "".join(f"    {line!r}\n" for line in lines)
+    return f"(\n{body})"
 
 
 def render(template: str, **context: Any) -> str:

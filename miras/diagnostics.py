@@ -71,6 +71,8 @@ CODES: dict[str, str] = {
     "E133": "Muon needs matrix-shaped memory weights",
     "E134": "non-parametric memory and the non-parametric algorithm go together",
     "E135": "incompatible hybrid declaration",
+    # code generation
+    "E150": "the symbolic derivation failed (no closed form, or a form it cannot handle)",
     # warnings
     "W201": "unused parameter",
     "W202": "dead field (it has no effect)",

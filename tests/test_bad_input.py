@@ -91,8 +91,8 @@ def test_empty_file(tmp_path: Path) -> None:
 
 def test_loading_a_model_from_an_empty_spec_is_an_error() -> None:
     err = rejected(lambda: miras.load(""))
-    assert err.codes == ["E101"]
-    assert "(models: none)" in str(err)
+    assert err.codes == ["E105"]
+    assert "declares no model" in str(err)
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class Case:
     files: dict[str, bytes] = field(default_factory=dict)
     entry: str | None = None  # a file (in the tmp folder) to run instead of ``src``
     message: str | None = None  # a fragment the message must contain
+    compile: bool = False  # the diagnostic comes from compiling, after the front end
 
 
 CASES: dict[str, Case] = {
@@ -117,6 +118,10 @@ CASES: dict[str, Case] = {
     "E136": Case("model m {\n  memory = matrix\n  bias = huber(delta=gate(channel=true))\n"
                  "  retention = none\n  algorithm = gd\n}", 3, 22,
                  message="a channel-wise gate has no meaning"),
+    # ---- code generation ------------------------------------------------------------------
+    "E150": Case("retention odd() {\n  potential = exp(w) + w^3\n}\nmodel m {\n  memory = matrix\n"
+                 "  bias = l2\n  retention = odd\n  algorithm = gd\n}", 7, 15,
+                 message="no closed form", compile=True),
     # ---- warnings (checked alone: a program with only warnings is valid) ----------------
     "W201": Case("bias b(c=1) = sum((y - v)^2)", 1, 8,
                  message="parameter 'c' of bias 'b' is not used"),
@@ -132,8 +137,11 @@ def diagnostics_of(case: Case, tmp_path: Path) -> tuple[list[Diagnostic], str]:
     source: str | Path = case.src if case.src is not None else tmp_path / (case.entry or "")
     try:
         checked = miras.run_frontend(source)
+        if case.compile:
+            miras.compile(source)
     except MirasError as err:
-        return err.diagnostics, str(err)
+        sources = err.sources if not case.compile else miras.run_frontend(source).sources
+        return err.diagnostics, "\n".join(d.render(sources=sources) for d in err.diagnostics)
     report = "\n".join(w.render(sources=checked.sources) for w in checked.warnings)
     return checked.warnings, report
 

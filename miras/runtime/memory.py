@@ -32,7 +32,8 @@ class MemoryShape:
 
     kind: str  # vector | matrix | mlp | gated_mlp
     depth: int = 1
-    hidden: int = 0
+    hidden: int = 0  # 0: expansion × the value dim
+    expansion: float = 4.0
     residual: bool = False
     norm: str = "none"  # none | layernorm | rmsnorm
     init: str = "zeros"
@@ -47,16 +48,16 @@ class MemoryShape:
 
     def shapes(self, feat: int, dim: int) -> dict[str, tuple[int, ...]]:
         """Per-head weight shapes for feature dim ``feat`` and value dim ``dim``."""
+        hidden = self.hidden or max(1, round(self.expansion * dim))
         if self.kind == "vector":
             return {"W": (dim,)}
         if self.kind == "matrix":
             return {"W": (dim, feat)}
         if self.kind == "gated_mlp":
-            return {"W_in": (self.hidden, feat), "W_gate": (self.hidden, feat),
-                    "W_out": (dim, self.hidden)}
+            return {"W_in": (hidden, feat), "W_gate": (hidden, feat), "W_out": (dim, hidden)}
         if self.depth == 1:
             return {"W0": (dim, feat)}
-        dims = [feat] + [self.hidden] * (self.depth - 1) + [dim]
+        dims = [feat] + [hidden] * (self.depth - 1) + [dim]
         return {f"W{i}": (dims[i + 1], dims[i]) for i in range(self.depth)}
 
 

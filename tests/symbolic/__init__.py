@@ -1,0 +1,1 @@
+"""Tests of :mod:`miras.symbolic` (one module per module of the package)."""
