@@ -109,6 +109,13 @@ class Compiled:
                                                shape.init != "zeros")
         return out
 
+    def layer(self, d_model: int, heads: int | None = None, head_dim: int | None = None,
+              **kwargs: Any) -> torch.nn.Module:
+        """The sequence-mixing layer around this memory (a ``MirasLayer``)."""
+        from miras.runtime.layer import MirasLayer
+
+        return MirasLayer(self, d_model, heads, head_dim, **kwargs)
+
     # ---- running ------------------------------------------------------------------------
 
     def _values(self, q: Tensor, gates: dict[str, Tensor], params: dict[str, Tensor]

@@ -253,6 +253,127 @@ class _Runner:
         return o, State(theta, mom, acc_state, new_window)
 
 
+    # ---- the dual (matmul) form -----------------------------------------------------------
+
+    def dual_ok(self, vals: dict[str, Tensor]) -> bool:
+        """Whether the chunk form can skip per-token weights (linear retention, scalar decays).
+
+        Then ``Θ_t = β_t Θ₀ + s_t S₀ + Σ_m C_tm δ_m a_mᵀ`` with a ``[n, m]`` coefficient
+        matrix ``C`` built from the decay, momentum, learning-rate and window structure, and
+        ``Θ_t h = β_t Θ₀ h + s_t S₀ h + (C ⊙ (H Aᵀ)) Δ`` is a few matmuls (the TTT/Titans
+        "dual form", [T] Eq 16-18, [A] Eq 16).
+        """
+        r = self.r
+        scalar = all(vals[n].shape[-1] == 1 for n in ("decay", "momentum") if n in vals)
+        lr_ok = "lr" not in vals or vals["lr"].shape[-1] == 1 or r.window == 1
+        return (r.retention in ("none", "decay") and r.algorithm in ("gd", "momentum",
+                                                                     "implicit_gd")
+                and r.decay_at == "prev" and r.gd_steps == 1 and scalar and lr_ok)
+
+    def dual(self, q: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tensor], state: State,
+             chunk: int) -> tuple[Tensor, State]:
+        r, shape = self.r, self.r.memory
+        qf, kf = self.f.feature(q), self.f.feature(k)
+        T = q.shape[2]
+        c = r.window
+        if state.window is not None:
+            pk, pr, pv, pvals = state.window
+            kf_all, kr_all = torch.cat([pk, kf], 2), torch.cat([pr, k], 2)
+            v_all = torch.cat([pv, v], 2)
+            vals_all = {n: torch.cat([pvals[n], t], 2) for n, t in vals.items()}
+            off = pk.shape[2]
+        else:
+            kf_all, kr_all, v_all, vals_all, off = kf, k, v, vals, 0
+        theta, mom = state.weights, state.momentum
+        outs = []
+        for t0, t1 in _chunks(T, chunk, False):
+            n = t1 - t0
+            sl = slice(t0, t1)
+            g0, g1 = max(0, t0 + off - (c - 1)), t1 + off
+            gsl = slice(g0, g1)
+            m = g1 - g0
+            alpha = _at(vals, "decay", sl, q, 1.0)[..., 0]  # [B, H, n]
+            if r.retention == "none":
+                alpha = torch.ones_like(alpha)
+            lr = _at(vals, "lr", sl, q, 1.0)  # [B, H, n, 1|D]
+            if r.algorithm == "implicit_gd":
+                lr = lr / (1 + lr * kf[:, :, sl].pow(2).sum(-1, keepdim=True))
+            scale_dy = _at(vals_all, "gamma", gsl, q, 1.0)  # [B, H, m, 1]
+            if lr.shape[-1] != 1:  # channel-wise lr (window of one: token i is gradient i)
+                scale_dy = scale_dy * lr
+                lr_s = torch.ones_like(alpha)
+            else:
+                lr_s = lr[..., 0]
+            y0, trace = mem.forward(shape, theta, kf_all[:, :, gsl], kr_all[:, :, gsl],
+                                    self.f.act)
+            dy = self.f.bias_grad(y0, v_all[:, :, gsl], kr_all[:, :, gsl],
+                                  {nm: x[:, :, gsl] for nm, x in vals_all.items()}) * scale_dy
+            factors = mem.backward(shape, theta, trace, dy, self.act_grad)
+            # coefficients (log space for the decay products)
+            tri = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+            cum = torch.cumsum(torch.log(alpha.clamp_min(1e-30)), -1)
+            beta = torch.exp(cum)
+            d1 = torch.where(tri, torch.exp((cum.unsqueeze(-1) - cum.unsqueeze(-2))
+                                            .masked_fill(~tri, 0.0)), torch.zeros(()))
+            pos = torch.arange(n, device=q.device) + (t0 + off - g0)
+            j = torch.arange(m, device=q.device)
+            band = ((j.unsqueeze(0) <= pos.unsqueeze(1))
+                    & (j.unsqueeze(0) > pos.unsqueeze(1) - c)).to(q.dtype)  # [n, m]
+            if mom is not None:
+                mu = _at(vals, "momentum", sl, q, 0.9)[..., 0]
+                cm = torch.cumsum(torch.log(mu.clamp_min(1e-30)), -1)
+                d2 = torch.where(tri, torch.exp((cm.unsqueeze(-1) - cm.unsqueeze(-2))
+                                                .masked_fill(~tri, 0.0)), torch.zeros(()))
+                mat = d1 @ d2
+                s_coef = (d1 @ torch.exp(cm).unsqueeze(-1))[..., 0]  # [B, H, n]
+            else:
+                mat, s_coef = d1, None
+            coef = -(mat * lr_s.unsqueeze(-2)) @ band  # [B, H, n, m]
+            if r.read_before:
+                c_r = torch.cat([torch.zeros_like(coef[:, :, :1]), coef[:, :, :-1]], 2)
+                b_r = torch.cat([torch.ones_like(beta[:, :, :1]), beta[:, :, :-1]], 2)
+                s_r = None if s_coef is None else torch.cat(
+                    [torch.zeros_like(s_coef[:, :, :1]), s_coef[:, :, :-1]], 2)
+            else:
+                c_r, b_r, s_r = coef, beta, s_coef
+
+            def lin(name: str, h: Tensor, c_r: Tensor = c_r, b_r: Tensor = b_r,
+                    s_r: Tensor | None = s_r, factors: dict = factors,
+                    theta: Weights = theta, mom: Weights | None = mom) -> Tensor:
+                delta, a = factors[name]
+                if shape.kind == "vector":
+                    out = b_r.unsqueeze(-1) * h * theta[name].unsqueeze(-2)
+                    if s_r is not None and mom is not None:
+                        out = out + s_r.unsqueeze(-1) * h * mom[name].unsqueeze(-2)
+                    return out + (c_r @ (delta * a)) * h
+                out = b_r.unsqueeze(-1) * (h @ theta[name].transpose(-1, -2))
+                if s_r is not None and mom is not None:
+                    out = out + s_r.unsqueeze(-1) * (h @ mom[name].transpose(-1, -2))
+                return out + (c_r * (h @ a.transpose(-1, -2))) @ delta
+
+            y, _ = mem.forward_with(shape, lin, qf[:, :, sl], q[:, :, sl], self.f.act)
+            outs.append(y)
+            last = coef[:, :, -1]  # [B, H, m]
+            upd = mem.contract(shape, factors, last)
+            b_last = beta[:, :, -1:]
+            new = {nm: ops.channel_scale(shape, nm, theta[nm], b_last) + upd[nm] for nm in theta}
+            if mom is not None and s_coef is not None:
+                s_last = s_coef[:, :, -1:]
+                new = {nm: new[nm] + ops.channel_scale(shape, nm, mom[nm], s_last)
+                       for nm in new}
+                e = -(d2[:, :, -1] * lr_s) @ band  # [B, H, m]
+                mupd = mem.contract(shape, factors, e)
+                mom = {nm: ops.channel_scale(shape, nm, mom[nm], torch.exp(cm[:, :, -1:]))
+                       + mupd[nm] for nm in mom}
+            theta = new
+        o = torch.cat(outs, 2)
+        new_window = None
+        if c > 1:
+            keep = c - 1
+            new_window = (kf_all[:, :, -keep:], kr_all[:, :, -keep:], v_all[:, :, -keep:],
+                          {n: x[:, :, -keep:] for n, x in vals_all.items()})
+        return o, State(theta, mom, state.accum, new_window)
+
     # ---- the chunk-parallel form ---------------------------------------------------------
 
     def chunked(self, q: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tensor],
@@ -262,8 +383,10 @@ class _Runner:
         Per chunk: the inner gradients of all tokens at the anchor in one batched pass (one
         pass per window offset), the momentum and accumulation scans in closed form, the
         retention map and the reads batched over tokens with per-token weights
-        ``[B, H, n, ...]``.
+        ``[B, H, n, ...]``. Linear cases take the matmul form of :meth:`dual` instead.
         """
+        if self.dual_ok(vals):
+            return self.dual(q, k, v, vals, state, chunk)
         r, shape = self.r, self.r.memory
         qf, kf = self.f.feature(q), self.f.feature(k)
         _B, _H, T, _ = q.shape

@@ -134,17 +134,26 @@ def forward(shape: MemoryShape, w: Weights, x: Tensor, r: Tensor | None, act: Ac
             ) -> tuple[Tensor, Trace]:
     """``y = M(W; x)`` for every token of ``x``; ``r`` is the residual input (raw key)."""
     if shape.kind == "vector":
-        y = x * w["W"].unsqueeze(-2)
-        return y, Trace([x], [], y, None, None)
-    if shape.kind == "matrix":
-        y = _lin(x, w["W"])
+        return forward_with(shape, lambda name, h: h * w[name].unsqueeze(-2), x, r, act)
+    return forward_with(shape, lambda name, h: _lin(h, w[name]), x, r, act)
+
+
+def forward_with(shape: MemoryShape, lin: Callable[[str, Tensor], Tensor], x: Tensor,
+                 r: Tensor | None, act: Act) -> tuple[Tensor, Trace]:
+    """The memory's forward pass with each weight applied by ``lin(name, h)``.
+
+    ``lin`` is ``h ↦ W h`` for plain weights; the chunk form passes per-token weights given
+    as a base plus a sum of outer products, without materialising them.
+    """
+    if shape.kind in ("vector", "matrix"):
+        y = lin("W", x)
         return y, Trace([x], [], y, None, None)
     if shape.kind == "gated_mlp":
-        z = _lin(x, w["W_in"])
+        z = lin("W_in", x)
         a = act(z)
-        g = _lin(x, w["W_gate"])
+        g = lin("W_gate", x)
         h = a * g
-        o = _lin(h, w["W_out"])
+        o = lin("W_out", h)
         n, rstd = _norm(o, shape.norm)
         y = n + r if shape.residual and r is not None else n
         return y, Trace([x, x, h], [z], o, n if rstd is not None else None, rstd, g, a)
@@ -152,7 +161,7 @@ def forward(shape: MemoryShape, w: Weights, x: Tensor, r: Tensor | None, act: Ac
     h = x
     names = shape.names()
     for i, name in enumerate(names):
-        z = _lin(h, w[name])
+        z = lin(name, h)
         if i < len(names) - 1:
             pre.append(z)
             h = act(z)

@@ -67,6 +67,9 @@ __all__ = ["BiasDerivation", "JacobianCode", "SymbolicBias", "builtin_formula", 
            "symbolic_bias"]
 
 
+#: The largest gradient expression (sympy operation count) the engine accepts.
+MAX_OPS = 4000
+
 # --------------------------------------------------------------------------------------------
 # Built-in biases as IR formulas
 # --------------------------------------------------------------------------------------------
@@ -208,6 +211,9 @@ def symbolic_bias(bias: ir.Bias, *, fold: bool = True) -> SymbolicBias:
     if not table.depends(loss, Y):
         raise ConversionError(f"bias '{name}' does not depend on y")
     grad = tidy(gradient(loss, Y, table))
+    if sp.count_ops(grad) > MAX_OPS:
+        raise UnsupportedForm(f"the gradient of bias '{name}' has {sp.count_ops(grad)} "
+                              f"operations (more than {MAX_OPS}): simplify the formula")
     used = tuple(s for s in (Y, V, K) if table.depends(loss, s))
     return SymbolicBias(kind, name, table, params, loss, grad, smoothing.mode, used)
 
@@ -319,17 +325,22 @@ def derive_bias(bias: ir.Bias, *, fold: bool = True) -> BiasDerivation:
                (("v", V, "the target value"), ("k", K, "the key"))
                if s in sb.variables]
     inputs += sb.params.inputs
-    if any(DIM in e.free_symbols for e in [sb.loss, G, *(table.definition(s) for s in
-                                                           table.closure([sb.loss, G]))]):
-        inputs.append(Input("D", "int", "the head dimension"))
+    loss_code = print_both([("loss", sb.loss, "scalar")], table, sb.names)
+    grad_code = print_both([("grad", G, "vector")], table, sb.names)
+    vjp_code = print_both(vjps, table, sb.names)
+    blocks = [loss_code, grad_code, vjp_code, *(j.code for j in jacobians)]
+    if affine_form is not None:
+        blocks.append(affine_form.code)
+    if any("D" in b.torch.inputs for b in blocks):
+        inputs.append(Input("D", "int", "the head dimension (the true one, not the block)"))
     inputs.append(Input("dgrad", "vector", "upstream gradient ∂L/∂grad (vjp only)"))
     return BiasDerivation(
         kind=sb.kind,
         name=sb.name,
         inputs=tuple(inputs),
-        loss=print_both([("loss", sb.loss, "scalar")], table, sb.names),
-        grad=print_both([("grad", G, "vector")], table, sb.names),
-        vjp=print_both(vjps, table, sb.names),
+        loss=loss_code,
+        grad=grad_code,
+        vjp=vjp_code,
         jacobians=jacobians,
         affine=affine,
         affine_form=affine_form,

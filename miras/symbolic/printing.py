@@ -221,9 +221,9 @@ class _Printer(CodePrinter):
         raise NotImplementedError
 
     def _piecewise(self, e: sp.Piecewise) -> str:
+        # without a True default, sympy has proven the conditions exhaustive (or the value
+        # is undefined elsewhere): the last branch serves as the default
         pieces = list(e.args)
-        if pieces[-1].cond is not sp.true:
-            raise UnprintableError(f"{self.target} printer: Piecewise without a default branch")
         def branch(e: sp.Expr) -> str:  # a float constant: torch.where(c, 1, 0) would be int
             return repr(float(e)) if isinstance(e, sp.Rational) else self._print(e)
 
@@ -469,7 +469,15 @@ def print_block(outputs: Sequence[tuple[str, sp.Expr, Shape]], table: SumTable,
     if cse and exprs:
         repl, reduced = sp.cse(bodies + exprs, symbols=sp.numbered_symbols("t", cls=sp.Dummy),
                                order="none")
-        temps = list(repl)
+        # a constant temp would be a Python float in the code: keep constants inline
+        inline: dict[sp.Symbol, sp.Expr] = {}
+        for t_sym, e in repl:
+            e = e.xreplace(inline)
+            if e.free_symbols <= {DIM}:
+                inline[t_sym] = e
+            else:
+                temps.append((t_sym, e))
+        reduced = [e.xreplace(inline) for e in reduced]
         bodies, exprs = list(reduced[:len(bodies)]), list(reduced[len(bodies):])
     allnames: dict[sp.Symbol, str] = dict(names)
     for i, (t_sym, _) in enumerate(temps):
@@ -510,6 +518,8 @@ def print_block(outputs: Sequence[tuple[str, sp.Expr, Shape]], table: SumTable,
                      or any(s in sp.sympify(o).free_symbols for _, o, _ in outputs)})
     if any(f"_like({like}" in st.code for st in statements) and like not in inputs:
         inputs.append(like)
+    if mask is not None and target == "triton" and any(st.kind == "sum" for st in statements):
+        inputs.append(mask)
     return Block(target, tuple(statements), tuple(n for n, _, _ in outputs), tuple(inputs))
 
 

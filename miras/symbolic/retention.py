@@ -335,7 +335,7 @@ def derive_retention(ret: ir.Retention, *, fold: bool = True) -> RetentionRule:
     else:  # pragma: no cover - the IR union is closed
         raise UnsupportedForm(f"unknown retention '{ret.kind}'")
 
-    z = stabilise(sp.expand_log(z, force=True)) if z.has(sp.log) else z
+    z = stabilise(z)
     table = SumTable([W, U, Z, A, *params.vectors])
     names = {**_NAMES, **params.symbols}
     step = print_both([("z", z, "vector")], table, names, like="w")

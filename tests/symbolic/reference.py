@@ -137,3 +137,77 @@ def assert_only_calls(tree_src: str, allowed: frozenset[str], names: set[str]) -
 
 
 __all__ = ["TORCH_CALLS", "assert_only_calls", "builtin_loss", "ir_eval", "run"]
+
+
+class _TL:
+    """A torch stand-in for ``triton.language`` (the printed subset), to evaluate Triton code
+    on the CPU (fp64)."""
+
+    float32 = torch.float64
+
+    @staticmethod
+    def _t(x: Any) -> torch.Tensor:
+        return x if isinstance(x, torch.Tensor) else torch.tensor(x, dtype=F64)
+
+    def exp(self, x: Any) -> torch.Tensor:
+        return torch.exp(self._t(x))
+
+    def log(self, x: Any) -> torch.Tensor:
+        return torch.log(self._t(x))
+
+    def sqrt(self, x: Any) -> torch.Tensor:
+        return torch.sqrt(self._t(x))
+
+    def rsqrt(self, x: Any) -> torch.Tensor:
+        return torch.rsqrt(self._t(x))
+
+    def abs(self, x: Any) -> torch.Tensor:
+        return torch.abs(self._t(x))
+
+    def sigmoid(self, x: Any) -> torch.Tensor:
+        return torch.sigmoid(self._t(x))
+
+    def erf(self, x: Any) -> torch.Tensor:
+        return torch.erf(self._t(x))
+
+    def where(self, c: Any, a: Any, b: Any) -> torch.Tensor:
+        return torch.where(self._t(c), self._t(a), self._t(b))
+
+    def maximum(self, a: Any, b: Any) -> torch.Tensor:
+        return torch.maximum(self._t(a), self._t(b))
+
+    def minimum(self, a: Any, b: Any) -> torch.Tensor:
+        return torch.minimum(self._t(a), self._t(b))
+
+    def sum(self, x: Any, axis: int) -> torch.Tensor:
+        return self._t(x).sum(axis)
+
+    def zeros_like(self, x: Any) -> torch.Tensor:
+        return torch.zeros_like(self._t(x))
+
+    def full(self, shape: list[int], value: Any, dtype: Any) -> torch.Tensor:
+        return torch.full(shape, float(value), dtype=F64)
+
+
+class _Libdevice:
+    @staticmethod
+    def pow(a: Any, b: Any) -> torch.Tensor:
+        return torch.pow(_TL._t(a), _TL._t(b))
+
+    @staticmethod
+    def atan(a: Any) -> torch.Tensor:
+        return torch.atan(_TL._t(a))
+
+    @staticmethod
+    def log1p(a: Any) -> torch.Tensor:
+        return torch.log1p(_TL._t(a))
+
+
+def run_triton(block: Block, env: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Execute a printed Triton block with torch stand-ins for ``tl`` and ``libdevice``
+    (2-D tensors [rows, D] like a [BT, BD] block; ``dmask`` all true)."""
+    assert block.target == "triton"
+    ns: dict[str, Any] = {"tl": _TL(), "libdevice": _Libdevice, **env}
+    ns.setdefault("dmask", torch.ones(1, 1, dtype=torch.bool))
+    exec(compile(block.source(), "<triton block>", "exec"), ns)
+    return {name: ns[name] for name in block.outputs}

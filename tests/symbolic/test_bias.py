@@ -17,7 +17,7 @@ from miras.symbolic.bias import BiasDerivation
 from miras.symbolic.errors import ConversionError, UnsupportedForm
 from miras.validate import poly_degree
 
-from .reference import F64, builtin_loss, ir_eval, run
+from .reference import F64, builtin_loss, ir_eval, run, run_triton
 
 N, D = 6, 5
 
@@ -315,7 +315,7 @@ def _mentions(e: Any, name: str) -> bool:
     return name in repr(e)
 
 
-@settings(max_examples=60, deadline=None,
+@settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(formulas)
 def test_random_user_formulas_against_autograd(body: ir.Expr) -> None:
@@ -342,3 +342,22 @@ def test_random_user_formulas_against_autograd(body: ir.Expr) -> None:
     # the syntactic check of the front end is conservative: degree ≤ 2 ⇒ symbolically affine
     if poly_degree(formula, "y") <= 2:
         assert d.affine
+
+
+# ---- the Triton blocks compute the same thing (torch stand-ins for tl.*) ----------------------
+
+
+@pytest.mark.parametrize("bias", BUILTINS + [user_bias(f) for f, _ in USER[:10]],
+                         ids=lambda b: repr(b)[:50])
+def test_triton_blocks_match_torch_blocks(bias: Any) -> None:
+    d = derive_bias(bias)
+    data = {k: t.detach() for k, t in _inputs(2, scale=0.5).items()}
+    env = {k: (t.detach() if isinstance(t, torch.Tensor) else t)
+           for k, t in _env(d, data, 2).items()}
+    env.setdefault("p_c", torch.tensor(0.7, dtype=F64))
+    for code in (d.loss, d.grad, d.vjp):
+        want = run(code.torch, env)
+        got = run_triton(code.triton, env)
+        for name in code.torch.outputs:
+            torch.testing.assert_close(got[name].expand_as(want[name]), want[name],
+                                       rtol=1e-7, atol=1e-9, msg=name)
