@@ -269,6 +269,57 @@ def compile_(file: File, model: ModelOpt = None) -> None:
     typer.echo(print_program(used), nl=False)
 
 
+class Task(str, Enum):
+    mqar = "mqar"
+    copy = "copy"
+    niah = "niah"
+
+
+@app.command()
+def train(
+    file: File,
+    task: Annotated[Task, typer.Option("--task", help="synthetic task")] = Task.mqar,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="training steps")] = 200,
+    batch: Annotated[int, typer.Option("--batch", min=1)] = 32,
+    seq_len: Annotated[int, typer.Option("--seq-len", min=8)] = 64,
+    vocab: Annotated[int, typer.Option("--vocab", min=16)] = 64,
+    d_model: Annotated[int, typer.Option("--d-model", min=4)] = 64,
+    layers: Annotated[int, typer.Option("--layers", min=1)] = 2,
+    heads: Annotated[int, typer.Option("--heads", min=1)] = 2,
+    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 3e-3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    model: ModelOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Train a small LM with the spec as mixer on a synthetic task; print loss and accuracy."""
+    checked = _load(file)
+    m = _pick(checked.program, model)
+    try:
+        compiled = miras.compile(file, m.name)
+    except MirasError as err:
+        _report(err.diagnostics, err.sources, Format.text)
+        raise typer.Exit(1) from None
+    from miras.train import train as run
+
+    kwargs = dict(task=task.value, steps=steps, batch=batch, seq_len=seq_len, vocab=vocab,
+                  d_model=d_model, layers=layers, heads=heads, lr=lr, seed=seed)
+    if as_json:
+        result = run(compiled, **kwargs)
+    else:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            job = bar.add_task(f"{m.name} on {task.value}", total=steps)
+            result = run(compiled, **kwargs, progress=lambda step, loss: bar.update(
+                job, advance=1, description=f"{m.name} on {task.value}  loss {loss:.3f}"))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{m.name} on {task.value}: {steps} steps, final loss {result['final_loss']:.4f}, "
+               f"accuracy {result['accuracy']:.3f} (chance {result['chance']:.3f}), "
+               f"{result['tokens_per_s']:.0f} tokens/s, {result['parameters']} parameters")
+
+
 def main() -> None:
     """Console entry point (maps click's usage errors to exit code 2)."""
     try:

@@ -51,7 +51,7 @@ def train(compiled: Compiled, *, task: str = "mqar", steps: int = 200, batch: in
         sched.step()
         losses.append(float(loss.detach()))
         if progress is not None:
-            progress(step, float(loss))
+            progress(step, losses[-1])
     elapsed = time.perf_counter() - start
     model.eval()
     eval_gen = torch.Generator().manual_seed(seed + 10_000)
