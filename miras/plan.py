@@ -136,6 +136,16 @@ def _recipe(m: ir.Model) -> list[tuple[str, Any]]:
         out.append(("window", m.window.size))
     if m.read == "before_write":
         out.append(("read_before", True))
+    if isinstance(m.parallel, ir.Exact):
+        out.append(("exact", True))
+        bias = m.bias
+        # ∂ℓ/∂y = a·y − b·v for the affine built-ins (the UT chunk form needs a and b)
+        if isinstance(bias, ir.L2):
+            out.append(("affine", (1.0, 1.0)))
+        elif isinstance(bias, ir.Dot):
+            out.append(("affine", (0.0, 1.0)))
+        elif isinstance(bias, ir.Lp) and bias.p == 2:
+            out.append(("affine", (2.0, 2.0)))
     return out
 
 
@@ -162,9 +172,7 @@ def build(m: ir.Model, program: ir.Program, spec_hash: str) -> Plan:
                                         if _uses(m, d)), models=(m,))
     text = print_program(used)
     heads, head_dim = m.heads, m.head_dim
-    # exact: the per-token recurrence itself (chunks of one token; the chunk-parallel
-    # WY/UT evaluation of the same values is the fused kernels' job)
-    chunk = 1 if isinstance(m.parallel, ir.Recurrent | ir.Exact) else m.parallel.size
+    chunk = 1 if isinstance(m.parallel, ir.Recurrent) else m.parallel.size
     feature = m.feature
     finfo: dict[str, Any] = {"kind": feature.kind if not isinstance(feature, ir.UserFeature)
                              else "user", "degree": getattr(feature, "degree", 2),

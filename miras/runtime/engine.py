@@ -57,6 +57,10 @@ class Recipe:
     window: int = 1
     read_before: bool = False
     lag_token: bool = False
+    #: ``parallel = exact``: chunks compute the per-token recurrence exactly; ``affine`` is
+    #: ``(a, b)`` when ``∂ℓ/∂y = a·y − b·v`` (then the WY/UT chunk form applies)
+    exact: bool = False
+    affine: tuple[float, float] | None = None
 
     @property
     def uses_accumulator(self) -> bool:
@@ -253,6 +257,80 @@ class _Runner:
         return o, State(theta, mom, acc_state, new_window)
 
 
+    # ---- the exact chunk form (WY / UT transform) ------------------------------------------
+
+    def exact_ok(self, vals: dict[str, Tensor]) -> bool:
+        r = self.r
+        return (r.exact and r.affine is not None and r.memory.kind == "matrix"
+                and r.retention in ("none", "decay") and r.algorithm in ("gd", "implicit_gd")
+                and r.window == 1 and r.gd_steps == 1
+                and ("decay" not in vals or vals["decay"].shape[-1] == 1))
+
+    def exact_chunk(self, q: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tensor],
+                    state: State, chunk: int) -> tuple[Tensor, State]:
+        """The per-token recurrence of an affine update, evaluated chunk by chunk exactly.
+
+        With ``∂ℓ/∂y = a·y − b·v`` and matrix memory, every token writes a rank-one term:
+        ``W_t = α_t W_{t−1} + u_t k_tᵀ`` with ``u_t = η_t (b v_t − a Ŵ_t k_t)`` where ``Ŵ_t``
+        is the gradient's anchor (``W_{t−1}`` or ``α_t W_{t−1}``). Within a chunk
+        ``W_t = γ_t W₀ + Σ_{i≤t} (γ_t/γ_i) u_i k_iᵀ`` (``γ`` the cumulative decay), so the
+        ``u`` solve one unit lower-triangular system ``(I + a·diag(η)·L) U = diag(η)(b V − a
+        diag(g) K W₀ᵀ)`` with ``L_ti = (g_t/γ_i) k_tᵀk_i`` for ``i < t`` (``g`` = ``γ`` or
+        ``γ/α``): the UT transform of DeltaNet / Gated DeltaNet.
+        """
+        r = self.r
+        a, b = r.affine or (1.0, 1.0)
+        qf, kf = self.f.feature(q), self.f.feature(k)
+        T = q.shape[2]
+        w = state.weights["W"]
+        outs = []
+        for t0 in range(0, T, chunk):
+            t1 = min(T, t0 + chunk)
+            n = t1 - t0
+            sl = slice(t0, t1)
+            kc, qc, vc = kf[:, :, sl], qf[:, :, sl], v[:, :, sl]
+            alpha = _at(vals, "decay", sl, q, 1.0)[..., 0]
+            if r.retention == "none":
+                alpha = torch.ones_like(alpha)
+            lr = _at(vals, "lr", sl, q, 1.0)  # [B, H, n, 1|D]
+            if r.algorithm == "implicit_gd":
+                lr = lr / (1 + lr * kc.pow(2).sum(-1, keepdim=True))
+            cum = torch.cumsum(torch.log(alpha.clamp_min(1e-30)), -1)
+            gam = torch.exp(cum)  # γ_t
+            anchor = gam if r.decay_at == "decayed" else torch.exp(cum - torch.log(
+                alpha.clamp_min(1e-30)))  # γ_t or γ_{t−1}
+            strict = torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-1)
+            ratio = torch.exp((torch.log(anchor).unsqueeze(-1) - cum.unsqueeze(-2))
+                              .masked_fill(~strict, 0.0)) * strict
+            lmat = ratio * (kc @ kc.transpose(-1, -2))  # [B, H, n, n]
+            rhs = b * vc - a * anchor.unsqueeze(-1) * (kc @ w.transpose(-1, -2))  # [B, H, n, D]
+            eye = torch.eye(n, dtype=q.dtype, device=q.device)
+            if lr.shape[-1] == 1:
+                system = eye + a * lr * lmat
+                u = torch.linalg.solve_triangular(system, lr * rhs, upper=False,
+                                                  unitriangular=True)
+            else:  # channel-wise step: one system per value channel
+                lr_c = lr.transpose(-1, -2).unsqueeze(-1)  # [B, H, D, n, 1]
+                system = eye + a * lr_c * lmat.unsqueeze(2)
+                u = torch.linalg.solve_triangular(
+                    system, (lr * rhs).transpose(-1, -2).unsqueeze(-1), upper=False,
+                    unitriangular=True)[..., 0].transpose(-1, -2)
+            causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+            decay = torch.exp((cum.unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~causal, 0.0)
+                              ) * causal
+            read_scale = gam
+            scores = decay * (qc @ kc.transpose(-1, -2))
+            if r.read_before:  # token t reads W_{t−1}
+                shift = torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-1)
+                scores = torch.exp((cum.unsqueeze(-1) - torch.log(alpha.clamp_min(1e-30))
+                                    .unsqueeze(-1) - cum.unsqueeze(-2)).masked_fill(~shift, 0.0)
+                                   ) * shift * (qc @ kc.transpose(-1, -2))
+                read_scale = anchor if r.decay_at != "decayed" else gam / alpha
+            outs.append(read_scale.unsqueeze(-1) * (qc @ w.transpose(-1, -2)) + scores @ u)
+            tail = torch.exp(cum[..., -1:] - cum)  # γ_n/γ_i
+            w = gam[..., -1:].unsqueeze(-1) * w + (u * tail.unsqueeze(-1)).transpose(-1, -2) @ kc
+        return torch.cat(outs, 2), State({"W": w}, None, None, None)
+
     # ---- the dual (matmul) form -----------------------------------------------------------
 
     def dual_ok(self, vals: dict[str, Tensor]) -> bool:
@@ -418,7 +496,31 @@ class _Runner:
             tok = {nm: x.unsqueeze(2) for nm, x in theta.items()}
             anchor = ops.scale(shape, tok, beta) if r.decay_at == "decayed" else tok
             g = None
-            for o in range(c):
+            once = c > 1 and r.decay_at == "prev" and (r.algorithm == "muon"
+                                                       or lr.shape[-1] == 1)
+            if once:
+                # every token's gradient at the shared anchor once, then the window sums
+                # g_t = η_t Σ_{m ∈ window(t)} γ_m ∇ℓ_m as one [n, m] contraction
+                g0, g1 = max(0, t0 + off - (c - 1)), t1 + off
+                gsl = slice(g0, g1)
+                xs = kf_all[:, :, gsl].unsqueeze(-2)
+                rs = kr_all[:, :, gsl].unsqueeze(-2)
+                y, trace = mem.forward(shape, anchor, xs, rs, self.f.act)
+                dy = self.f.bias_grad(y, v_all[:, :, gsl].unsqueeze(-2), rs,
+                                      {nm: x[:, :, gsl].unsqueeze(-2)
+                                       for nm, x in vals_all.items()})
+                dy = dy * _at(vals_all, "gamma", gsl, q, 1.0).unsqueeze(-2)
+                factors = mem.backward(shape, anchor, trace, dy, self.act_grad)
+                per_token = mem.contract(shape, factors, torch.ones_like(dy[..., 0]))
+                pos = torch.arange(n, device=q.device) + (t0 + off - g0)
+                j = torch.arange(g1 - g0, device=q.device)
+                band = ((j.unsqueeze(0) <= pos.unsqueeze(1))
+                        & (j.unsqueeze(0) > pos.unsqueeze(1) - c)).to(q.dtype)
+                weight = band if r.algorithm == "muon" else band * lr[..., 0].unsqueeze(-1)
+                g = {nm: torch.matmul(weight, x.flatten(3)).reshape(*x.shape[:2], n,
+                                                                     *x.shape[3:])
+                     for nm, x in per_token.items()}
+            for o in range(0 if once else c):
                 idx = torch.arange(t0 + off - o, t1 + off - o)
                 ok = idx >= 0
                 if not bool(ok.any()):
@@ -543,11 +645,22 @@ def run_reference(recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: Tensor,
     ``q, k, v`` are ``[B, H, T, D]``; ``vals`` maps slot names (``lr``, ``decay``,
     ``momentum``, ``gamma``, ``delta``, ``threshold``, user parameters) to ``[B, H, T, 1|D]``.
     """
+    if recipe.exact:
+        chunk = 1
     return _Runner(recipe, fns).reference(q, k, v, vals, state, chunk)
 
 
 def run_chunked(recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: Tensor,
                 vals: dict[str, Tensor], state: State, chunk: int = 64
                 ) -> tuple[Tensor, State]:
-    """The chunk-parallel form; equals :func:`run_reference` with the same ``chunk``."""
-    return _Runner(recipe, fns).chunked(q, k, v, vals, state, chunk)
+    """The chunk-parallel form; equals :func:`run_reference` with the same ``chunk``.
+
+    For ``exact`` recipes it equals the per-token recurrence (UT transform where it applies,
+    else the recurrence itself).
+    """
+    runner = _Runner(recipe, fns)
+    if recipe.exact:
+        if runner.exact_ok(vals):
+            return runner.exact_chunk(q, k, v, vals, state, chunk)
+        return runner.reference(q, k, v, vals, state, 1)
+    return runner.chunked(q, k, v, vals, state, chunk)

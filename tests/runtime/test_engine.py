@@ -119,3 +119,25 @@ def test_state_carries_across_calls() -> None:
                              {n: x[:, :, cut:] for n, x in vals.items()}, s, 1)
     torch.testing.assert_close(torch.cat([first, second], 2), full, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(s2.weights["W"], s_full.weights["W"], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("at", ["prev", "decayed"])
+@pytest.mark.parametrize("read_before", [False, True])
+@pytest.mark.parametrize(("affine", "alg", "channel"), [
+    ((1.0, 1.0), "gd", False), ((2.0, 2.0), "gd", True), ((0.0, 1.0), "gd", False),
+    ((1.0, 1.0), "implicit_gd", True)])
+def test_exact_chunk_form_equals_the_recurrence(at, read_before, affine, alg, channel) -> None:
+    q, k, v, g = _inputs(7)
+    vals = _vals(g, channel)
+    del vals["gamma"], vals["momentum"]
+    vals["decay"] = vals["decay"][..., :1]
+    bias = {(1.0, 1.0): _l2, (2.0, 2.0): lambda y, v, k, vals: 2 * (y - v),
+            (0.0, 1.0): lambda y, v, k, vals: -v}[affine]
+    rec = Recipe(MemoryShape("matrix"), retention="decay", decay_at=at, algorithm=alg,
+                 read_before=read_before, exact=True, affine=affine)
+    w0 = {"W": torch.randn(B, H, D, D, generator=g, dtype=torch.float64) * 0.1}
+    o1, s1 = run_reference(rec, Fns(bias), q, k, v, vals, initial_state(rec, w0), 4)
+    for chunk in (1, 3, 4, 11):
+        o2, s2 = run_chunked(rec, Fns(bias), q, k, v, vals, initial_state(rec, w0), chunk)
+        assert _rel(o2, o1) < 1e-10
+        assert _rel(s2.weights["W"], s1.weights["W"]) < 1e-10
