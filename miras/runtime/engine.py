@@ -177,15 +177,7 @@ class _Runner:
         qf, kf = self.f.feature(q), self.f.feature(k)
         B, H, T, _ = q.shape
         c = r.window
-        if state.window is not None:  # previous tokens of the window (decoding across calls)
-            pk, pr, pv, pvals = state.window
-            kf_all = torch.cat([pk, kf], 2)
-            kr_all = torch.cat([pr, k], 2)
-            v_all = torch.cat([pv, v], 2)
-            vals_all = {n: torch.cat([pvals[n], t], 2) for n, t in vals.items()}
-            off = pk.shape[2]
-        else:
-            kf_all, kr_all, v_all, vals_all, off = kf, k, v, vals, 0
+        kf_all, kr_all, v_all, vals_all, off = _extend(state, kf, k, v, vals)
         theta, mom, acc_state = state.weights, state.momentum, state.accum
         outs = []
         for t0, t1 in _chunks(T, chunk, r.lag_token):
@@ -249,11 +241,7 @@ class _Runner:
             if a_t is not None:
                 acc_state = a_t
         o = torch.cat(outs, 2)
-        new_window = None
-        if c > 1:
-            keep = c - 1
-            new_window = (kf_all[:, :, -keep:], kr_all[:, :, -keep:], v_all[:, :, -keep:],
-                          {n: x[:, :, -keep:] for n, x in vals_all.items()})
+        new_window = _window_tail(c, kf_all, kr_all, v_all, vals_all)
         return o, State(theta, mom, acc_state, new_window)
 
 
@@ -354,14 +342,7 @@ class _Runner:
         qf, kf = self.f.feature(q), self.f.feature(k)
         T = q.shape[2]
         c = r.window
-        if state.window is not None:
-            pk, pr, pv, pvals = state.window
-            kf_all, kr_all = torch.cat([pk, kf], 2), torch.cat([pr, k], 2)
-            v_all = torch.cat([pv, v], 2)
-            vals_all = {n: torch.cat([pvals[n], t], 2) for n, t in vals.items()}
-            off = pk.shape[2]
-        else:
-            kf_all, kr_all, v_all, vals_all, off = kf, k, v, vals, 0
+        kf_all, kr_all, v_all, vals_all, off = _extend(state, kf, k, v, vals)
         theta, mom = state.weights, state.momentum
         outs = []
         for t0, t1 in _chunks(T, chunk, False):
@@ -445,11 +426,7 @@ class _Runner:
                        + mupd[nm] for nm in mom}
             theta = new
         o = torch.cat(outs, 2)
-        new_window = None
-        if c > 1:
-            keep = c - 1
-            new_window = (kf_all[:, :, -keep:], kr_all[:, :, -keep:], v_all[:, :, -keep:],
-                          {n: x[:, :, -keep:] for n, x in vals_all.items()})
+        new_window = _window_tail(c, kf_all, kr_all, v_all, vals_all)
         return o, State(theta, mom, state.accum, new_window)
 
     # ---- the chunk-parallel form ---------------------------------------------------------
@@ -469,14 +446,7 @@ class _Runner:
         qf, kf = self.f.feature(q), self.f.feature(k)
         _B, _H, T, _ = q.shape
         c = r.window
-        if state.window is not None:
-            pk, pr, pv, pvals = state.window
-            kf_all, kr_all = torch.cat([pk, kf], 2), torch.cat([pr, k], 2)
-            v_all = torch.cat([pv, v], 2)
-            vals_all = {n: torch.cat([pvals[n], t], 2) for n, t in vals.items()}
-            off = pk.shape[2]
-        else:
-            kf_all, kr_all, v_all, vals_all, off = kf, k, v, vals, 0
+        kf_all, kr_all, v_all, vals_all, off = _extend(state, kf, k, v, vals)
         theta, mom, acc_state = state.weights, state.momentum, state.accum
         uses_alpha = r.retention in ("decay", "lq", "kl", "bregman", "elastic_net")
         outs = []
@@ -571,11 +541,7 @@ class _Runner:
                 acc_state = {nm: ops.channel_scale(shape, nm, base[nm], beta[:, :, -1])
                              + acc[nm][:, :, -1] for nm in base}
         o = torch.cat(outs, 2)
-        new_window = None
-        if c > 1:
-            keep = c - 1
-            new_window = (kf_all[:, :, -keep:], kr_all[:, :, -keep:], v_all[:, :, -keep:],
-                          {n: x[:, :, -keep:] for n, x in vals_all.items()})
+        new_window = _window_tail(c, kf_all, kr_all, v_all, vals_all)
         return o, State(theta, mom, acc_state, new_window)
 
 
@@ -613,6 +579,26 @@ def _scan(shape: MemoryShape, name: str, x: Tensor, a: Tensor, h0: Tensor | None
         outs.append(cur)
         prev = cur
     return torch.stack(outs, 2)
+
+
+def _extend(state: State, kf: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tensor]
+            ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor], int]:
+    """Prepend the window's previous tokens (carried in the state across calls)."""
+    if state.window is None:
+        return kf, k, v, vals, 0
+    pk, pr, pv, pvals = state.window
+    return (torch.cat([pk, kf], 2), torch.cat([pr, k], 2), torch.cat([pv, v], 2),
+            {n: torch.cat([pvals[n], t], 2) for n, t in vals.items()}, pk.shape[2])
+
+
+def _window_tail(c: int, kf: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tensor]
+                 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]] | None:
+    """The last ``c − 1`` tokens, which the next call's window needs."""
+    if c <= 1:
+        return None
+    keep = c - 1
+    return (kf[:, :, -keep:], k[:, :, -keep:], v[:, :, -keep:],
+            {n: x[:, :, -keep:] for n, x in vals.items()})
 
 
 def _chunks(T: int, size: int, lag: bool) -> list[tuple[int, int]]:
