@@ -188,3 +188,21 @@ def test_compiled_module_is_cached_and_deterministic(tmp_path: Path) -> None:
     c2 = compile_spec("examples/titans.miras", cache_dir=tmp_path)
     assert c1.path == c2.path and c1.module is c2.module
     assert len(list(tmp_path.rglob("*.py"))) == 1
+
+
+def test_two_processes_compiling_at_once_share_one_module(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, miras; c = miras.compile('examples/titans.miras', cache_dir=sys.argv[1]);"
+            " print(c.path)")
+    root = Path(__file__).parent.parent
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e for _, e in outs]
+    paths = {o.strip() for o, _ in outs}
+    assert len(paths) == 1
+    files = list(tmp_path.rglob("*.py"))
+    assert len(files) == 1 and not list(tmp_path.rglob("*.tmp"))
