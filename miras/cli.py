@@ -222,7 +222,7 @@ def explain(file: File, model: ModelOpt = None,
     """Print the derived per-token update rule of a model."""
     checked = _load(file)
     m = _pick(checked.program, model)
-    from miras.symbolic.lower import explain as explain_rule
+    from miras.symbolic import explain as explain_rule
 
     typer.echo(explain_rule(m, latex=latex))
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from miras import catalog, ir
 from miras.printer import print_program
+from miras.symbolic import explain
 from miras.symbolic import lower as symbolic
 
 #: The activations of deep memories, and their derivatives (standard calculus).
@@ -185,7 +186,7 @@ def build(m: ir.Model, program: ir.Program, spec_hash: str) -> Plan:
         window = m.window.size if isinstance(m.window, ir.Sliding) else None
         return Plan(
             name=m.name, spec_hash=spec_hash, spec_text=text, heads=heads, head_dim=head_dim,
-            chunk=chunk, parallel=m.parallel.kind, explain=symbolic.explain(m),
+            chunk=chunk, parallel=m.parallel.kind, explain=explain(m),
             memory={"kind": "nonparametric"}, recipe=(), slots=(), per_head=(),
             bias={"formula": "½‖y − v‖²", "bind": [], "source": "grad = y - v"},
             act={"doc": "identity", "source": "return x", "grad_source":
@@ -210,7 +211,7 @@ def build(m: ir.Model, program: ir.Program, spec_hash: str) -> Plan:
         feature_user = symbolic.feature_code(feature)
     return Plan(
         name=m.name, spec_hash=spec_hash, spec_text=text, heads=heads, head_dim=head_dim,
-        chunk=chunk, parallel=m.parallel.kind, explain=symbolic.explain(m), memory=memory,
+        chunk=chunk, parallel=m.parallel.kind, explain=explain(m), memory=memory,
         recipe=tuple(_recipe(m)), slots=tuple(slots), per_head=tuple(per_head),
         bias={"formula": bias["formula"], "bind": bind, "source": bias["source"].rstrip()},
         act=act, feature_info=finfo, feature_user=feature_user, mirror=mirror, reg_grad=reg)

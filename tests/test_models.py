@@ -65,7 +65,7 @@ def test_train_cli_json() -> None:
 def test_explain_cli() -> None:
     r = CliRunner().invoke(app, ["explain", "examples/titans.miras"])
     assert r.exit_code == 0
-    assert "S_t = β_t S_{t−1} − η_t g_t" in r.output and "M_t = α_t M_{t−1} + U_t" in r.output
+    assert "S_t = β_t·S_{t−1} − η_t·g_t" in r.output and "W_t = α_t·W_{t−1} + U_t" in r.output
     r = CliRunner().invoke(app, ["explain", "--latex", "examples/moneta.miras"])
     assert r.exit_code == 0 and "\\sum_{j}" in r.output
 

@@ -1,8 +1,8 @@
 """What the PyTorch code generator needs from the symbolic engine, as printed text.
 
 Per-head schedules, activations and their derivatives, user feature maps, mirror maps
-``F′`` with their inverses ``(F′)⁻¹`` solved by sympy, regulariser gradients ``G′``, and a
-readable statement of the derived update rule (:func:`explain`).
+``F′`` with their inverses ``(F′)⁻¹`` solved by sympy, and regulariser gradients ``G′``.
+The readable statement of the update rule is :func:`miras.symbolic.explain`.
 
 >>> from miras import ir
 >>> act_code(ir.ActDef(name="sq", formula=ir.BinOp(op="^", left=ir.Var(name="x"),
@@ -23,13 +23,12 @@ from miras.symbolic.bias import derive_bias, symbolic_bias
 from miras.symbolic.convert import Converter, number
 from miras.symbolic.errors import NoClosedForm
 from miras.symbolic.params import user_name
-from miras.symbolic.pretty import latex as _latex
 from miras.symbolic.pretty import unicode
 from miras.symbolic.printing import print_block, torch_code
 from miras.symbolic.reductions import SumTable, X
 
-__all__ = ["act_code", "bias_code", "explain", "feature_code", "formula_text",
-           "per_head_code", "retention_code", "user_name"]
+__all__ = ["act_code", "bias_code", "feature_code", "formula_text", "per_head_code",
+           "retention_code", "user_name"]
 
 _H = sp.Symbol("h", real=True)
 _W = sp.Symbol("w", positive=True)
@@ -67,7 +66,6 @@ def bias_code(bias: ir.Bias) -> dict[str, Any]:
     sb = symbolic_bias(bias)
     params = [i.name for i in d.inputs if i.value is not None]
     return {"formula": unicode(sb.loss, sb.table, sb.names), "params": params,
-            "grad_text": unicode(sb.grad, sb.table, sb.names),
             "source": d.grad.torch.source()}
 
 
@@ -146,81 +144,3 @@ def retention_code(ret: ir.Bregman | ir.UserRetention) -> dict[str, str]:
     out["mirror"] = f"return {torch_code(fprime, {_W: 'w'})}"
     out["inverse"] = f"return {torch_code(inverse, {_U: 'u'})}"
     return out
-
-
-_LATEX = [("∇_M", "\\nabla_M "), ("α_t", "\\alpha_t"), ("β_t", "\\beta_t"),
-          ("η_t", "\\eta_t"), ("γ_i", "\\gamma_i"), ("γ", "\\gamma"), ("Σ_", "\\sum_"),
-          ("⊙", "\\odot "), ("‖", "\\|"), ("−", "-"), ("⁻¹", "^{-1}"), ("φ", "\\phi"),
-          ("′", "'"), ("ℓ", "\\ell"), ("·", " \\cdot "), ("∂", "\\partial "), ("ⱼ", "_j"),
-          ("²", "^2"), ("S_γ", "S_\\gamma")]
-
-
-def explain(m: ir.Model, latex: bool = False) -> str:
-    """The derived per-token update rule of a model, in unicode math (or LaTeX)."""
-    text = _explain(m)
-    if not latex:
-        return text
-    if not isinstance(m.memory, ir.Nonparametric):
-        sb = symbolic_bias(m.bias)
-        loss = _latex(sb.loss, sb.table, sb.names)
-        grad = _latex(sb.grad, sb.table, sb.names)
-        lines = text.splitlines()
-        lines[1] = f"  \\ell(y, v) = {loss}"
-        lines[2] = f"  \\frac{{\\partial \\ell}}{{\\partial y_j}} = {grad}"
-        text = "\n".join(lines)
-    for a, b in _LATEX:
-        text = text.replace(a, b)
-    return text
-
-
-def _explain(m: ir.Model) -> str:
-    lines = [f"model {m.name}"]
-    if isinstance(m.memory, ir.Nonparametric):
-        window = f", window {m.window.size}" if isinstance(m.window, ir.Sliding) else ""
-        lines.append(f"  y_t = Σ_i softmax_i(s·q_tᵀk_i) v_i   (causal attention{window})")
-        return "\n".join(lines)
-    b = bias_code(m.bias)
-    phi = "" if m.feature.kind == "identity" else "φ"
-    lines.append(f"  ℓ(y, v) = {b['formula']}        y = M({phi}(k))" if phi else
-                 f"  ℓ(y, v) = {b['formula']}        y = M(k)")
-    lines.append(f"  ∂ℓ/∂yⱼ = {b['grad_text']}")
-    win = ""
-    if isinstance(m.window, ir.Sliding):
-        win = f"Σ_{{i=t−{m.window.size - 1}..t}} γ_i "
-    anchor = "M_{t−1}"
-    if isinstance(m.retention, ir.Decay) and m.retention.at == "decayed":
-        anchor = "α_t M_{t−1}"
-    g = f"g_t = {win}∇_M ℓ({anchor}; k_i, v_i)"
-    alg = m.algorithm
-    if isinstance(alg, ir.Momentum):
-        upd = [g, "S_t = β_t S_{t−1} − η_t g_t", "U_t = S_t"]
-    elif isinstance(alg, ir.Muon):
-        upd = [g, "S_t = β_t S_{t−1} + g_t", f"U_t = −η_t NS_{alg.steps}(S_t)"]
-    elif isinstance(alg, ir.ImplicitGD):
-        upd = [g, "U_t = −η_t/(1 + η_t‖k_t‖²) g_t"]
-    else:
-        upd = [g, "U_t = −η_t g_t"]
-    ret = m.retention
-    rules = {
-        "none": "M_t = M_{t−1} + U_t",
-        "decay": "M_t = α_t M_{t−1} + U_t",
-        "kl": "M_t = c·softmax(α_t log M_{t−1} + U_t)",
-        "fdiv": "M_t = c·normalise(M_{t−1} ⊙ exp(U_t))",
-        "bregman": "M_t = (F′)⁻¹(α_t F′(M_{t−1}) + U_t)",
-        "elastic_net": "M_t = S_γ(α_t M_{t−1} + U_t)",
-        "soft_threshold": "M_t = S_γ(M_{t−1} + U_t)",
-        "user": "M_t = (φ′)⁻¹(φ′(M_{t−1}) − G′(M_{t−1}) + U_t)",
-    }
-    if isinstance(ret, ir.Lq):
-        r = ret.q if ret.form == "moneta" else ret.q / (ret.q - 1)
-        upd += ["A_t = α_t A_{t−1} + U_t", f"M_t = A_t / ‖A_t‖_{r:g}^{r - 2:g}"]
-    elif isinstance(ret, ir.ElasticNet) and ret.form == "ftrl":
-        upd += ["A_t = α_t A_{t−1} + U_t", "M_t = S_γ(A_t)"]
-    else:
-        upd.append(rules[ret.kind])
-    read = "M_{t−1}" if m.read == "before_write" else "M_t"
-    upd.append(f"y_t = {read}({phi}(q_t))" if phi else f"y_t = {read}(q_t)")
-    lines += [f"  {u}" for u in upd]
-    if not isinstance(m.parallel, ir.Recurrent | ir.Exact):
-        lines.append(f"  (chunks of {m.parallel.size}: gradients at the chunk's first memory)")
-    return "\n".join(lines)
