@@ -130,6 +130,18 @@ class _Runner:
 
     # ---- pieces -------------------------------------------------------------------------
 
+    def alpha(self, vals: dict[str, Tensor], sl: slice, like: Tensor) -> Tensor:
+        """Retention factors ``α`` of a token range (1 where the retention has none)."""
+        a = _at(vals, "decay", sl, like, 1.0)
+        return a if self.r.retention in _DECAYING else torch.ones_like(a)
+
+    def lr(self, vals: dict[str, Tensor], sl: slice, kf: Tensor) -> Tensor:
+        """Step sizes of a token range; implicit GD's ``η/(1 + η‖φ(k)‖²)`` (Longhorn)."""
+        lr = _at(vals, "lr", sl, kf, 1.0)
+        if self.r.algorithm == "implicit_gd":
+            lr = lr / (1 + lr * kf[:, :, sl].pow(2).sum(-1, keepdim=True))
+        return lr
+
     def read(self, w: Weights, qf: Tensor, qr: Tensor) -> Tensor:
         y, _ = mem.forward(self.r.memory, w, qf, qr, self.f.act)
         return y
@@ -189,16 +201,12 @@ class _Runner:
             prev = theta
             for t in range(t0, t1):
                 sl = slice(t, t + 1)
-                alpha = _at(vals, "decay", sl, q, 1.0)[:, :, 0]
-                if r.retention not in ("decay", "lq", "kl", "bregman", "elastic_net"):
-                    alpha = torch.ones_like(alpha)
+                alpha = self.alpha(vals, sl, q)[:, :, 0]
                 beta = beta * alpha
                 anchor = ops.scale(shape, start, beta) if r.decay_at == "decayed" else start
                 lo = max(0, t + off - c + 1)
                 wsl = slice(lo, t + off + 1)
-                lr = _at(vals, "lr", sl, q, 1.0)  # [B, H, 1, 1|D]
-                if r.algorithm == "implicit_gd":
-                    lr = lr / (1 + lr * kf[:, :, sl].pow(2).sum(-1, keepdim=True))
+                lr = self.lr(vals, sl, kf)  # [B, H, 1, 1|D]
                 gamma = _at(vals_all, "gamma", wsl, q, 1.0)
                 scale_dy = gamma if r.algorithm == "muon" else gamma * lr
                 factors = self.grad(anchor, kf_all[:, :, wsl], kr_all[:, :, wsl],
@@ -277,12 +285,8 @@ class _Runner:
             n = t1 - t0
             sl = slice(t0, t1)
             kc, qc, vc = kf[:, :, sl], qf[:, :, sl], v[:, :, sl]
-            alpha = _at(vals, "decay", sl, q, 1.0)[..., 0]
-            if r.retention == "none":
-                alpha = torch.ones_like(alpha)
-            lr = _at(vals, "lr", sl, q, 1.0)  # [B, H, n, 1|D]
-            if r.algorithm == "implicit_gd":
-                lr = lr / (1 + lr * kc.pow(2).sum(-1, keepdim=True))
+            alpha = self.alpha(vals, sl, q)[..., 0]
+            lr = self.lr(vals, sl, kf)  # [B, H, n, 1|D]
             cum = torch.cumsum(torch.log(alpha.clamp_min(1e-30)), -1)
             gam = torch.exp(cum)  # γ_t
             anchor = gam if r.decay_at == "decayed" else torch.exp(cum - torch.log(
@@ -351,12 +355,8 @@ class _Runner:
             g0, g1 = max(0, t0 + off - (c - 1)), t1 + off
             gsl = slice(g0, g1)
             m = g1 - g0
-            alpha = _at(vals, "decay", sl, q, 1.0)[..., 0]  # [B, H, n]
-            if r.retention == "none":
-                alpha = torch.ones_like(alpha)
-            lr = _at(vals, "lr", sl, q, 1.0)  # [B, H, n, 1|D]
-            if r.algorithm == "implicit_gd":
-                lr = lr / (1 + lr * kf[:, :, sl].pow(2).sum(-1, keepdim=True))
+            alpha = self.alpha(vals, sl, q)[..., 0]  # [B, H, n]
+            lr = self.lr(vals, sl, kf)  # [B, H, n, 1|D]
             scale_dy = _at(vals_all, "gamma", gsl, q, 1.0)  # [B, H, m, 1]
             if lr.shape[-1] != 1:  # channel-wise lr (window of one: token i is gradient i)
                 scale_dy = scale_dy * lr
@@ -448,20 +448,15 @@ class _Runner:
         c = r.window
         kf_all, kr_all, v_all, vals_all, off = _extend(state, kf, k, v, vals)
         theta, mom, acc_state = state.weights, state.momentum, state.accum
-        uses_alpha = r.retention in ("decay", "lq", "kl", "bregman", "elastic_net")
         outs = []
         for t0, t1 in _chunks(T, chunk, r.lag_token):
             n = t1 - t0
             sl = slice(t0, t1)
             base = acc_state if r.uses_accumulator else theta
             assert base is not None
-            alpha = _at(vals, "decay", sl, q, 1.0)  # [B, H, n, 1|D]
-            if not uses_alpha:
-                alpha = torch.ones_like(alpha)
+            alpha = self.alpha(vals, sl, q)  # [B, H, n, 1|D]
             beta = _cumprod(alpha)
-            lr = _at(vals, "lr", sl, q, 1.0)
-            if r.algorithm == "implicit_gd":
-                lr = lr / (1 + lr * kf[:, :, sl].pow(2).sum(-1, keepdim=True))
+            lr = self.lr(vals, sl, kf)
             # anchor per token: [B, H, n, ...] when decayed, else the chunk start
             tok = {nm: x.unsqueeze(2) for nm, x in theta.items()}
             anchor = ops.scale(shape, tok, beta) if r.decay_at == "decayed" else tok
@@ -599,6 +594,10 @@ def _window_tail(c: int, kf: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tenso
     keep = c - 1
     return (kf[:, :, -keep:], k[:, :, -keep:], v[:, :, -keep:],
             {n: x[:, :, -keep:] for n, x in vals.items()})
+
+
+#: Retentions whose update multiplies the previous state by ``alpha``.
+_DECAYING = frozenset({"decay", "lq", "kl", "bregman", "elastic_net"})
 
 
 def _chunks(T: int, size: int, lag: bool) -> list[tuple[int, int]]:
