@@ -68,6 +68,16 @@ def render_torch(p: plan.Plan) -> str:
     return _fit_lines(text)
 
 
+def render_triton(p: plan.Plan) -> str | None:
+    """The generated Triton kernel module of a plan, or ``None`` when the spec is not fused
+    (``p.kernel["reason"]`` says why)."""
+    if not p.kernel.get("family"):
+        return None
+    text = environment().get_template("triton/kernels.py.jinja").render(
+        plan=p, kernel=p.kernel, version=__version__)
+    return _fit_lines(text)
+
+
 def _fit_lines(text: str, width: int = 100) -> str:
     """Wrap long docstring lines; mark long code lines (printed formulas) for the linter."""
     out: list[str] = []
@@ -99,9 +109,13 @@ def compile(source: Source, model: str | None = None, *,
     The generated module is written to a content-hashed file in the cache and imported.
     """
     p = build_plan(source, model)
-    source_text = render_torch(p)
-    path = cache.write(module_name(p), source_text, Path(cache_dir) if cache_dir else None)
-    return Compiled(cache.load(path), str(path))
+    folder = Path(cache_dir) if cache_dir else None
+    path = cache.write(module_name(p), render_torch(p), folder)
+    kernels = render_triton(p)
+    kernel_path = (cache.write(f"{module_name(p)}_triton", kernels, folder)
+                   if kernels is not None else None)
+    return Compiled(cache.load(path), str(path), kernel_path=kernel_path,
+                    fused=p.kernel.get("family"), fused_reason=p.kernel.get("reason", ""))
 
 
-__all__ = ["build_plan", "compile", "render_torch", "validate"]
+__all__ = ["build_plan", "compile", "render_torch", "render_triton", "validate"]

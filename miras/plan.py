@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from miras import catalog, ir
+from miras import catalog, fusion, ir
 from miras.printer import print_program
 from miras.symbolic import explain
 from miras.symbolic import lower as symbolic
@@ -60,6 +60,8 @@ class Plan:
     reg_grad: dict[str, str] | None = None
     nonparametric: dict[str, Any] | None = None
     notes: tuple[str, ...] = field(default=())
+    #: the fused Triton family and its symbolic pieces (:func:`miras.fusion.kernel_info`)
+    kernel: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False)
@@ -193,7 +195,8 @@ def build(m: ir.Model, program: ir.Program, spec_hash: str) -> Plan:
                  "return torch.ones_like(x)"},
             feature_info=finfo,
             nonparametric={"kernel": npm.kernel, "scale": npm.scale, "degree": npm.degree,
-                           "normalize": npm.normalize, "window": window})
+                           "normalize": npm.normalize, "window": window},
+            kernel=fusion.kernel_info(m))
     slots, per_head, code_to_slot = _slots(m)
     bias = symbolic.bias_code(m.bias)
     bind = [(name, code_to_slot.get(name, name)) for name in bias["params"]]
@@ -214,7 +217,8 @@ def build(m: ir.Model, program: ir.Program, spec_hash: str) -> Plan:
         chunk=chunk, parallel=m.parallel.kind, explain=explain(m), memory=memory,
         recipe=tuple(_recipe(m)), slots=tuple(slots), per_head=tuple(per_head),
         bias={"formula": bias["formula"], "bind": bind, "source": bias["source"].rstrip()},
-        act=act, feature_info=finfo, feature_user=feature_user, mirror=mirror, reg_grad=reg)
+        act=act, feature_info=finfo, feature_user=feature_user, mirror=mirror, reg_grad=reg,
+        kernel=fusion.kernel_info(m))
 
 
 def _uses(m: ir.Model, d: Any) -> bool:

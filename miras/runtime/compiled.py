@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from miras.runtime import attention, features
+from miras.runtime import attention, features, fused
 from miras.runtime import memory as mem
 from miras.runtime.engine import State, initial_state, run_chunked, run_reference
 
-Backend = Literal["reference", "chunk"]
+Backend = Literal["reference", "chunk", "triton"]
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,17 @@ class ParamInfo:
 class Compiled:
     """A compiled spec. ``functional`` runs the memory; ``layer`` builds an ``nn.Module``."""
 
-    def __init__(self, module: ModuleType, path: str) -> None:
+    def __init__(self, module: ModuleType, path: str, *, kernel_path: Path | None = None,
+                 fused: str | None = None, fused_reason: str = "") -> None:
         self.module = module
         self.path = path
+        #: the fused Triton family (``dual``, ``exact``, ``mlp``) or ``None``
+        self.fused = fused
+        #: why the spec is not fused (one line; empty when it is)
+        self.fused_reason = fused_reason
+        self.kernel_path = kernel_path
+        self._kernels: ModuleType | None = None
+        self._warned = False
         self.name: str = module.MODEL_NAME
         self.hash: str = module.SPEC_HASH
         self.source: str = module.SPEC_TEXT
@@ -63,6 +72,17 @@ class Compiled:
 
     def __repr__(self) -> str:
         return f"Compiled({self.name!r}, hash={self.hash[:12]}, module={self.path!r})"
+
+    @property
+    def kernels(self) -> ModuleType:
+        """The generated Triton kernel module (imported on first use: it imports Triton)."""
+        if self._kernels is None:
+            if self.kernel_path is None:
+                raise ValueError(f"model '{self.name}' is not fused: {self.fused_reason}")
+            from miras.runtime import cache
+
+            self._kernels = cache.load(self.kernel_path)
+        return self._kernels
 
     # ---- what the spec needs ------------------------------------------------------------
 
@@ -179,7 +199,9 @@ class Compiled:
 
         Returns ``(o [B, T, H, D], final_state)``. ``backend="reference"`` is the
         token-by-token recurrence (chunk-anchored when the spec says ``chunk(size)``);
-        ``"chunk"`` is the chunk-parallel form (the default); both compute the same values.
+        ``"chunk"`` is the chunk-parallel PyTorch form; ``"triton"`` the fused kernels (the
+        default on CUDA for a fused spec; otherwise one warning line says why and the chunk
+        form runs). All compute the same values.
         ``chunk_size`` overrides the spec's chunk length (1: the exact per-token recurrence).
         """
         params = params or {}
@@ -199,7 +221,22 @@ class Compiled:
         state = initial_state if initial_state is not None else self.initial_state(
             B, H, D, params=params, dtype=q.dtype, device=q.device)
         chunk = int(chunk_size or self.module.CHUNK)
-        run = run_reference if (backend or "chunk") == "reference" else run_chunked
+        if backend is None:
+            backend = "triton" if q.is_cuda and self.fused else "chunk"
+        if backend == "triton":
+            if not self.fused or state.window is not None:
+                if not self._warned:
+                    fused.fallback(self.name, self.fused_reason or "a window tail in the "
+                                   "initial state is not fused")
+                    self._warned = True
+                backend = "chunk"
+            elif (why := fused.can_run(q)) is not None:
+                raise ValueError(why)
+            else:
+                o, final = fused.run(self.kernels, self.module.RECIPE, fns, qh, kh, vh, vals,
+                                     state, chunk, output_final_state)
+                return o.transpose(1, 2), final
+        run = run_reference if backend == "reference" else run_chunked
         o, final = run(self.module.RECIPE, fns, qh, kh, vh, vals, state, chunk)
         return o.transpose(1, 2), (final if output_final_state else None)
 

@@ -27,8 +27,8 @@ from miras.symbolic.pretty import unicode
 from miras.symbolic.printing import print_block, torch_code
 from miras.symbolic.reductions import SumTable, X
 
-__all__ = ["act_code", "bias_code", "feature_code", "formula_text", "per_head_code",
-           "retention_code", "user_name"]
+__all__ = ["act_code", "act_triton", "bias_code", "bias_triton", "feature_code", "formula_text",
+           "per_head_code", "retention_code", "user_name"]
 
 _H = sp.Symbol("h", real=True)
 _W = sp.Symbol("w", positive=True)
@@ -144,3 +144,38 @@ def retention_code(ret: ir.Bregman | ir.UserRetention) -> dict[str, str]:
     out["mirror"] = f"return {torch_code(fprime, {_W: 'w'})}"
     out["inverse"] = f"return {torch_code(inverse, {_U: 'u'})}"
     return out
+
+
+def bias_triton(bias: ir.Bias) -> dict[str, Any]:
+    """Triton bodies of a bias for the fused kernels: ``grad`` (∂ℓ/∂y from ``y, v``) and
+    ``vjp`` (``d_y, d_v`` from ``y, v, dgrad``), reductions masked by ``dmask``.
+
+    ``params`` are the hyper-parameters the code reads (bound by the kernel template);
+    ``uses_k``: the loss reads the key (the fused kernels do not pass it).
+
+    >>> bias_triton(ir.L2())["grad"]
+    'grad = -v + y\\n'
+    """
+    d = derive_bias(bias)
+    vjp = d.vjp.triton
+    outputs = [s for s in vjp.statements if s.kind != "output" or s.name in ("d_y", "d_v")]
+    body = "".join(f"{s.name} = {s.code}\n" for s in outputs)
+    if "d_v" not in vjp.outputs:  # a loss without v (rare): its cotangent is zero
+        body += "d_v = tl.zeros_like(y)\n"
+    return {"grad": d.grad.triton.source(), "vjp": body,
+            "params": [i.name for i in d.inputs if i.value is not None],
+            "uses_k": "k" in d.variables, "separable": d.separable, "affine": d.affine,
+            "uses_dim": any("D" in b.triton.inputs for b in (d.grad, d.vjp))}
+
+
+def act_triton(act: ir.Act) -> dict[str, str]:
+    """Triton bodies of an activation and its first two derivatives (reading ``x``).
+
+    >>> act_triton("relu")["act"]
+    'act = tl.maximum(0.0, x)\\n'
+    """
+    from miras.symbolic.features import derive_activation
+
+    rule = derive_activation(act)
+    return {"act": rule.act.triton.source(), "dact": rule.dact.triton.source(),
+            "d2act": rule.d2act.triton.source()}

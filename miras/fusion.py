@@ -1,0 +1,152 @@
+"""Which fused Triton kernel family a model belongs to, or the one reason it has none.
+
+Three families are generated from ``templates/triton/`` with the symbolic engine's printed
+Triton code for the bias gradient (and its vector-Jacobian product for the backward pass) and
+for the memory's activation with its first two derivatives:
+
+``dual``
+    matrix memory (any feature map, applied before the kernel), any bias the symbolic engine
+    differentiates, retention ``none`` or ``decay(at=prev)``, GD / momentum / implicit GD,
+    Omega window ``c ≤ 16``: chunk-parallel with gradients at the chunk anchor (the dual form).
+``exact``
+    matrix memory whose update is affine in the weights (``l2``, ``dot``, ``lp(2)`` biases) with
+    ``parallel = exact``: DeltaNet, Gated DeltaNet, Longhorn — the WY/UT chunk form, equal to
+    the per-token recurrence.
+``mlp``
+    two-layer MLP memory (residual or not, any activation), hidden ≤ 4·head_dim, retention
+    ``none`` / ``decay(at=prev)``, GD or momentum, chunk-anchored (the dual form per layer).
+
+Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
+
+>>> import miras
+>>> print(decide(miras.load("examples/atlas.miras")).reason)
+Muon orthogonalises every token's momentum (no dual form); the PyTorch chunk path runs it
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from miras import ir
+from miras.symbolic import lower
+
+#: The families whose templates are generated today (the others fall back with a reason).
+BUILT: frozenset[str] = frozenset()
+
+#: Largest Omega window the dual kernel keeps on chip.
+MAX_WINDOW = 16
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """The fused family of a model (``None``: the PyTorch chunk path) and why."""
+
+    family: str | None
+    reason: str = ""
+
+
+def _gate_channel(value: Any) -> bool:
+    return bool(getattr(value, "channel", False))
+
+
+def _common(m: ir.Model) -> str | None:
+    """Reasons shared by every family (``None``: nothing blocks fusion)."""
+    ret, alg = m.retention, m.algorithm
+    if isinstance(m.memory, ir.Nonparametric):
+        return "non-parametric memory is attention: it runs through scaled_dot_product_attention"
+    if isinstance(alg, ir.Muon):
+        return ("Muon orthogonalises every token's momentum (no dual form); the PyTorch chunk "
+                "path runs it")
+    if not isinstance(alg, ir.GD | ir.Momentum | ir.ImplicitGD):
+        return f"algorithm '{alg.kind}' has no fused kernel"
+    if isinstance(alg, ir.GD) and alg.steps > 1:
+        return "multi-step GD re-anchors inside a token; only one step is fused"
+    if not isinstance(ret, ir.NoRetention | ir.Decay):
+        return (f"retention '{ret.kind}' is nonlinear in the weights (needs per-token weights); "
+                "fused retention is none or decay")
+    if isinstance(ret, ir.Decay) and _gate_channel(ret.alpha):
+        return "a channel-wise decay gate is not fused (scalar per head and token only)"
+    if isinstance(alg, ir.Momentum) and _gate_channel(alg.beta):
+        return "a channel-wise momentum gate is not fused (scalar per head and token only)"
+    if m.read == "before_write":
+        return "read = before_write is not fused"
+    bias = lower.bias_triton(m.bias)
+    if bias["uses_k"]:
+        return "a bias that reads the key is not fused"
+    for arg in getattr(m.bias, "args", ()):
+        if not isinstance(arg.value, ir.Const):
+            return f"bias parameter '{arg.name}' must be a constant to be fused"
+    for name in ("delta", "radius"):
+        if not isinstance(getattr(m.bias, name, ir.Const(value=0.0)), ir.Const):
+            return f"bias parameter '{name}' must be a constant to be fused"
+    return None
+
+
+def _family(m: ir.Model) -> Fusion:
+    why = _common(m)
+    if why:
+        return Fusion(None, why)
+    mem, ret = m.memory, m.retention
+    window = m.window.size if isinstance(m.window, ir.Sliding) else 1
+    if isinstance(m.parallel, ir.Exact):
+        if not isinstance(mem, ir.Matrix):
+            return Fusion(None, "the exact chunk form is fused for matrix memory only")
+        if not lower.bias_triton(m.bias)["affine"]:
+            return Fusion(None, "the exact chunk form needs a bias whose gradient is affine in y")
+        if window > 1 or isinstance(m.algorithm, ir.Momentum):
+            return Fusion(None, "the exact chunk form is fused for GD without a window")
+        return Fusion("exact")
+    if isinstance(ret, ir.Decay) and ret.at != "prev":
+        return Fusion(None, "decay(at=decayed) with chunk anchoring is not fused (use at=prev "
+                      "or parallel = exact)")
+    if isinstance(mem, ir.Matrix):
+        if window > MAX_WINDOW:
+            return Fusion(None, f"an Omega window of {window} tokens is more than the fused "
+                          f"kernel's {MAX_WINDOW}")
+        return Fusion("dual")
+    if isinstance(mem, ir.MLP):
+        if mem.depth != 2:
+            return Fusion(None, f"MLP memory of depth {mem.depth} is not fused (depth 2 is)")
+        if mem.expansion > 4:
+            return Fusion(None, "MLP memory wider than 4 × head_dim is not fused")
+        if mem.norm != "none":
+            return Fusion(None, f"an MLP memory with {mem.norm} output norm is not fused")
+        if not isinstance(m.feature, ir.Identity):
+            return Fusion(None, "a feature map on an MLP memory is not fused")
+        if window > 1:
+            return Fusion(None, "an Omega window on an MLP memory is not fused")
+        return Fusion("mlp")
+    return Fusion(None, f"{mem.kind} memory is not fused (matrix and 2-layer MLP are)")
+
+
+def decide(m: ir.Model) -> Fusion:
+    """The family of ``m`` if its template is generated, else the reason it falls back."""
+    f = _family(m)
+    if f.family is not None and f.family not in BUILT:
+        return Fusion(None, f"the fused '{f.family}' kernels are not generated yet")
+    return f
+
+
+def kernel_info(m: ir.Model) -> dict[str, Any]:
+    """Plain data for ``templates/triton`` (``family`` is ``None`` with a ``reason``)."""
+    f = decide(m)
+    out: dict[str, Any] = {"family": f.family, "reason": f.reason}
+    if f.family is None:
+        return out
+    bias = lower.bias_triton(m.bias)
+    consts = [(lower.user_name(a.name), float(a.value.value))
+              for a in getattr(m.bias, "args", ()) if isinstance(a.value, ir.Const)]
+    for name in ("delta", "radius"):
+        value = getattr(m.bias, name, None)
+        if isinstance(value, ir.Const):
+            consts.append((name, float(value.value)))
+    out["bias"] = {"grad": bias["grad"], "vjp": bias["vjp"], "separable": bias["separable"],
+                   "consts": [c for c in consts if c[0] in bias["params"]]}
+    act = getattr(m.memory, "act", "identity")
+    out["act"] = lower.act_triton(act)
+    out["residual"] = bool(getattr(m.memory, "residual", False))
+    out["window"] = m.window.size if isinstance(m.window, ir.Sliding) else 1
+    out["algorithm"] = m.algorithm.kind
+    out["retention"] = m.retention.kind
+    return out

@@ -1,0 +1,70 @@
+"""Running a generated Triton kernel module from :meth:`Compiled.functional`.
+
+Every generated kernel module (``templates/triton/kernels.py.jinja``) exposes one entry
+point with one contract, whatever its family::
+
+    run(q, k, v, gates, state, chunk, output_final_state) -> (o, final_state)
+
+* ``q, k`` ``[B, H, T, K]`` after the feature map φ (applied here, in PyTorch, so autograd
+  reaches the feature coefficients); ``v`` ``[B, H, T, V]``; any float dtype;
+* ``gates``: ``lr`` ``[B, H, T]`` or ``[B, H, T, V]``; ``decay``, ``momentum``, ``gamma``
+  ``[B, H, T]`` — only those the spec has (implicit GD's Longhorn step is folded into ``lr``
+  here);
+* ``state``: fp32 tensors named as :meth:`State.tensors` (``weights.W``, ``momentum.W``, ...);
+* returns ``o`` ``[B, H, T, V]`` in the input dtype and the final state (same names, fp32)
+  or ``None``. Differentiable in q, k, v, every gate and the initial state.
+"""
+
+from __future__ import annotations
+
+import warnings
+from types import ModuleType
+
+from torch import Tensor
+
+from miras.runtime.engine import Fns, Recipe, State
+from miras.runtime.triton_support import interpreted
+
+#: Gates a fused kernel reads (slot names of the plan).
+GATES = ("lr", "decay", "momentum", "gamma")
+
+
+class FallbackWarning(UserWarning):
+    """``backend="triton"`` was asked for a spec outside the fused families."""
+
+
+def fallback(name: str, reason: str) -> None:
+    """Say in one line why the PyTorch chunk path runs instead of the fused kernels."""
+    warnings.warn(f"miras: model '{name}' is not fused ({reason}); running the PyTorch chunk "
+                  "path", FallbackWarning, stacklevel=3)
+
+
+def can_run(q: Tensor) -> str | None:
+    """``None`` when the kernels can run on ``q``'s device, else why not."""
+    if q.is_cuda or interpreted():
+        return None
+    return ("backend='triton' needs a CUDA tensor (or TRITON_INTERPRET=1 to run the kernels "
+            "on the CPU interpreter)")
+
+
+def run(module: ModuleType, recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: Tensor,
+        vals: dict[str, Tensor], state: State, chunk: int, output_final_state: bool
+        ) -> tuple[Tensor, State | None]:
+    """The fused forward: ``q, k, v`` ``[B, H, T, D]`` and ``vals`` as the engine takes them."""
+    qf, kf = fns.feature(q), fns.feature(k)
+    vals = dict(vals)
+    if recipe.algorithm == "implicit_gd" and "lr" in vals:  # Longhorn: η/(1 + η‖φ(k)‖²)
+        lr = vals["lr"]
+        vals["lr"] = lr / (1 + lr * kf.pow(2).sum(-1, keepdim=True))
+    gates: dict[str, Tensor] = {}
+    for name in GATES:
+        g = vals.get(name)
+        if g is None or (name == "decay" and recipe.retention == "none"):
+            continue
+        gates[name] = g[..., 0] if g.shape[-1] == 1 else g
+    o, final = module.run(qf, kf, v, gates, state.tensors(), chunk, output_final_state)
+    if final is None:
+        return o, None
+    weights = {n.split(".", 1)[1]: t for n, t in final.items() if n.startswith("weights.")}
+    mom = {n.split(".", 1)[1]: t for n, t in final.items() if n.startswith("momentum.")}
+    return o, State(weights, mom or None, None, None)
