@@ -23,13 +23,20 @@ runtime    :mod:`miras.runtime`        generated module → ``Compiled`` / ``Mir
 from __future__ import annotations
 
 import os
+import sys
+import types
+from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from miras import ast, ir
 from miras.diagnostics import Diagnostic, MirasError
-from miras.parse import parse_bytes, parse_text
-from miras.spec import Spec, space
-from miras.validate import Checked, check_file, check_text
+
+if TYPE_CHECKING:
+    from miras import ast, ir
+    from miras.parse import parse_bytes, parse_text
+    from miras.runtime.compiled import Compiled
+    from miras.spec import Spec, space
+    from miras.validate import Checked
 
 __version__ = "0.1.0"
 
@@ -55,18 +62,38 @@ __all__ = [
 Source = str | os.PathLike[str]
 
 
+#: Public names and the module each lives in. They are imported on first use: the compiler
+#: pulls in torch and sympy, the front end lark and pydantic, and a stand-alone generated
+#: layer (``miras compile -o``) imports only ``miras.runtime``, which needs none of them.
+_LAZY = {
+    "ast": ("miras.ast", None), "ir": ("miras.ir", None),
+    "parse_bytes": ("miras.parse", "parse_bytes"), "parse_text": ("miras.parse", "parse_text"),
+    "Spec": ("miras.spec", "Spec"), "space": ("miras.spec", "space"),
+    "Checked": ("miras.validate", "Checked"), "check_file": ("miras.validate", "check_file"),
+    "check_text": ("miras.validate", "check_text"),
+    "compile": ("miras.compiler", "compile"), "Compiled": ("miras.runtime.compiled", "Compiled"),
+}
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: object) -> None:
+        # importing the submodule miras.parse (lazily, from anywhere) must not replace the
+        # function miras.parse defined below
+        if name == "parse" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
 def __getattr__(name: str) -> object:
-    # The compiler pulls in torch; import it on first use so that the front end (and
-    # `miras check`) stays fast.
-    if name == "compile":
-        from miras.compiler import compile as compile_
-
-        return compile_
-    if name == "Compiled":
-        from miras.runtime.compiled import Compiled
-
-        return Compiled
-    raise AttributeError(f"module 'miras' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'miras' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = import_module(module) if attr is None else getattr(import_module(module), attr)
+    globals()[name] = value
+    return value
 
 
 def _is_path(source: Source) -> bool:
@@ -91,13 +118,14 @@ def parse(source: Source) -> ast.SourceFile:
             raise MirasError([Diagnostic("error", "E007", f"cannot read '{source}': "
                                          f"{exc.strerror or exc}", Span(str(source), 0, 0, 0, 0))
                               ]) from None
-        return parse_bytes(data, str(source))
-    return parse_text(str(source))
+        return import_module("miras.parse").parse_bytes(data, str(source))
+    return import_module("miras.parse").parse_text(str(source))
 
 
 def run_frontend(source: Source) -> Checked:
     """The whole front end: the IR, source positions and warnings (raises on errors)."""
-    return check_file(source) if _is_path(source) else check_text(str(source))
+    validate = import_module("miras.validate")
+    return validate.check_file(source) if _is_path(source) else validate.check_text(str(source))
 
 
 def check(source: Source) -> ir.Program:

@@ -46,6 +46,7 @@ class Stage(str, Enum):
     symbolic = "symbolic"
     plan = "plan"
     torch = "torch"
+    triton = "triton"
 
 
 Files = Annotated[list[Path], typer.Argument(help=".miras files", show_default=False)]
@@ -192,7 +193,7 @@ def emit(
                                  models=(_pick(program, model),))
         typer.echo(program.model_dump_json(indent=2))
         return
-    from miras.compiler import render_torch
+    from miras.compiler import render_torch, render_triton
 
     m = _pick(program, model)
     p = _plan(file, m)
@@ -200,6 +201,13 @@ def emit(
         typer.echo(p.explain)
     elif stage is Stage.plan:
         typer.echo(p.to_json())
+    elif stage is Stage.triton:
+        text = render_triton(p)
+        if text is None:
+            typer.echo(f"{file}: note: model '{m.name}' is not fused: {p.kernel['reason']}",
+                       err=True)
+            raise typer.Exit(1)
+        typer.echo(text, nl=False)
     else:
         typer.echo(render_torch(p), nl=False)
 
@@ -259,14 +267,36 @@ def _gates(m: ir.Model) -> list[str]:
 
 
 @app.command(name="compile")
-def compile_(file: File, model: ModelOpt = None) -> None:
-    """Compile a spec (for now: validate it and show the summary and the IR)."""
+def compile_(
+    file: File,
+    model: ModelOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="write the generated modules (layer, recurrence, Triton kernels) "
+        "into this folder")] = None,
+) -> None:
+    """Compile a spec: show the summary and whether it is fused; with -o, write the code."""
     checked = _load(file)
     m = _pick(checked.program, model)
     typer.echo(summary(m))
-    typer.echo("validated IR (canonical text):")
-    used = ir.Program(definitions=checked.program.definitions, models=(m,))
-    typer.echo(print_program(used), nl=False)
+    p = _plan(file, m)
+    if p.kernel.get("family"):
+        typer.echo(f"fused: Triton kernels of the '{p.kernel['family']}' family")
+    else:
+        typer.echo(f"not fused: {p.kernel['reason']}")
+    if out is None:
+        typer.echo("validated IR (canonical text):")
+        used = ir.Program(definitions=checked.program.definitions, models=(m,))
+        typer.echo(print_program(used), nl=False)
+        return
+    from miras.compiler import write_package
+
+    try:
+        paths = write_package(p, out)
+    except OSError as exc:
+        typer.echo(f"error: cannot write to '{out}': {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
+    for path in paths:
+        typer.echo(f"wrote {path}")
 
 
 class Task(str, Enum):

@@ -102,6 +102,31 @@ def module_name(p: plan.Plan) -> str:
     return f"miras_{p.name}_{p.spec_hash[:10]}"
 
 
+def write_package(p: plan.Plan, folder: str | Path) -> list[Path]:
+    """Write the generated modules of a plan into ``folder`` as stand-alone Python.
+
+    ``<name>.py`` (the memory recurrence), ``<name>_triton.py`` (the fused kernels, when the
+    spec is fused) and ``<name>_layer.py`` (``layer()``/``functional`` built from the two,
+    importing only :mod:`miras.runtime`). Returns the paths written.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    name = p.name
+    files = {f"{name}.py": render_torch(p)}
+    kernels = render_triton(p)
+    if kernels is not None:
+        files[f"{name}_triton.py"] = kernels
+    files[f"{name}_layer.py"] = _fit_lines(environment().get_template(
+        "torch/layer.py.jinja").render(plan=p, version=__version__, module=name,
+                                       kernel_module=f"{name}_triton" if kernels else None))
+    paths = []
+    for fname, text in files.items():
+        path = out / fname
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
 def compile(source: Source, model: str | None = None, *,
             cache_dir: str | Path | None = None) -> Compiled:
     """Compile a spec (path, text, model IR or program IR) into a :class:`Compiled`.
@@ -118,4 +143,4 @@ def compile(source: Source, model: str | None = None, *,
                     fused=p.kernel.get("family"), fused_reason=p.kernel.get("reason", ""))
 
 
-__all__ = ["build_plan", "compile", "render_torch", "render_triton", "validate"]
+__all__ = ["build_plan", "compile", "render_torch", "render_triton", "validate", "write_package"]

@@ -136,3 +136,41 @@ def test_installed_entry_point_runs(bad: Path) -> None:
     assert r.returncode == 1
     assert "[E101]" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.mark.parametrize("spec", ["moneta", "linear_attention", "gated_deltanet", "titans"])
+def test_compile_out_writes_stand_alone_modules(spec: str, tmp_path: Path) -> None:
+    from miras import fusion
+
+    r = runner.invoke(app, ["compile", str(EXAMPLES / f"{spec}.miras"), "-o", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    m = miras.load(EXAMPLES / f"{spec}.miras")
+    fused = fusion.decide(m).family
+    assert ("fused: Triton kernels" in r.output) == (fused is not None)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    expected = [f"{m.name}.py", f"{m.name}_layer.py"] + ([f"{m.name}_triton.py"] if fused else [])
+    assert names == sorted(expected)
+    # the layer module runs in a fresh interpreter from the folder, without the compiler:
+    # it must not import the parser, the symbolic engine or the templates
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import torch; "
+            f"import {m.name}_layer as L; torch.manual_seed(0); "
+            "y = L.layer(16, heads=2)(torch.randn(1, 5, 16)); assert y.shape == (1, 5, 16); "
+            "bad = [n for n in ('lark', 'pydantic', 'sympy', 'jinja2', 'miras.compiler') "
+            "if n in sys.modules]; print('loaded', bad); assert not bad, bad")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "loaded" in run.stdout
+    ruff = subprocess.run([sys.executable, "-m", "ruff", "check", "--config",
+                           str(Path(__file__).parent.parent / "pyproject.toml"), str(tmp_path)],
+                          capture_output=True, text=True)
+    assert ruff.returncode == 0, ruff.stdout
+
+
+def test_emit_triton_of_unfused_spec_says_why() -> None:
+    r = runner.invoke(app, ["emit", "--stage", "triton", str(EXAMPLES / "moneta.miras")])
+    assert r.exit_code == 1
+    assert "is not fused: retention 'lq'" in r.output
