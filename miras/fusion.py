@@ -32,7 +32,7 @@ from miras import ir
 from miras.symbolic import lower
 
 #: The families whose templates are generated today (the others fall back with a reason).
-BUILT: frozenset[str] = frozenset()
+BUILT: frozenset[str] = frozenset({"dual"})
 
 #: Largest Omega window the dual kernel keeps on chip.
 MAX_WINDOW = 16
@@ -104,6 +104,9 @@ def _family(m: ir.Model) -> Fusion:
         if window > MAX_WINDOW:
             return Fusion(None, f"an Omega window of {window} tokens is more than the fused "
                           f"kernel's {MAX_WINDOW}")
+        if window > 1 and _gate_channel(getattr(m.algorithm, "lr", None)):
+            return Fusion(None, "a channel-wise lr with an Omega window is not fused (its "
+                          "coefficients differ per channel)")
         return Fusion("dual")
     if isinstance(mem, ir.MLP):
         if mem.depth != 2:

@@ -13,6 +13,9 @@ point with one contract, whatever its family::
 * ``state``: fp32 tensors named as :meth:`State.tensors` (``weights.W``, ``momentum.W``, ...);
 * returns ``o`` ``[B, H, T, V]`` in the input dtype and the final state (same names, fp32)
   or ``None``. Differentiable in q, k, v, every gate and the initial state.
+
+A module may also expose ``unsupported(K, V) -> str | None``: a reason its kernels cannot
+run these dims on this device (the PyTorch chunk path then runs, with one warning line).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from types import ModuleType
 
 from torch import Tensor
 
-from miras.runtime.engine import Fns, Recipe, State
+from miras.runtime.engine import Fns, Recipe, State, run_chunked
 from miras.runtime.triton_support import interpreted
 
 #: Gates a fused kernel reads (slot names of the plan).
@@ -52,6 +55,11 @@ def run(module: ModuleType, recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: T
         ) -> tuple[Tensor, State | None]:
     """The fused forward: ``q, k, v`` ``[B, H, T, D]`` and ``vals`` as the engine takes them."""
     qf, kf = fns.feature(q), fns.feature(k)
+    limit = getattr(module, "unsupported", None)
+    if limit is not None and (why := limit(kf.shape[-1], v.shape[-1])) is not None:
+        fallback(module.MODEL_NAME, why)
+        o, final = run_chunked(recipe, fns, q, k, v, vals, state, chunk)
+        return o, (final if output_final_state else None)
     vals = dict(vals)
     if recipe.algorithm == "implicit_gd" and "lr" in vals:  # Longhorn: η/(1 + η‖φ(k)‖²)
         lr = vals["lr"]
