@@ -153,3 +153,19 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     out["algorithm"] = m.algorithm.kind
     out["retention"] = m.retention.kind
     return out
+
+
+def table(models: list[ir.Model]) -> str:
+    """A Markdown table of the models' fused family, or why each falls back.
+
+    >>> import miras
+    >>> print(table([miras.load("examples/retnet.miras")]))
+    | model | fused family | or why not |
+    |---|---|---|
+    | retnet | dual |  |
+    """
+    rows = ["| model | fused family | or why not |", "|---|---|---|"]
+    for m in models:
+        f = decide(m)
+        rows.append(f"| {m.name} | {f.family or '—'} | {f.reason} |")
+    return "\n".join(rows)
