@@ -83,6 +83,17 @@ def _common(m: ir.Model) -> str | None:
     return None
 
 
+def affine(bias: ir.Bias) -> tuple[float, float] | None:
+    """``(a, b)`` with ``∂ℓ/∂y = a·y − b·v`` for the affine built-in biases, else ``None``."""
+    if isinstance(bias, ir.L2):
+        return (1.0, 1.0)
+    if isinstance(bias, ir.Dot):
+        return (0.0, 1.0)
+    if isinstance(bias, ir.Lp) and bias.p == 2:
+        return (2.0, 2.0)
+    return None
+
+
 def _family(m: ir.Model) -> Fusion:
     why = _common(m)
     if why:
@@ -96,6 +107,11 @@ def _family(m: ir.Model) -> Fusion:
             return Fusion(None, "the exact chunk form needs a bias whose gradient is affine in y")
         if window > 1 or isinstance(m.algorithm, ir.Momentum):
             return Fusion(None, "the exact chunk form is fused for GD without a window")
+        if affine(m.bias) is None:
+            return Fusion(None, "the exact chunk form is fused for the l2, dot and lp(2) biases")
+        if _gate_channel(getattr(m.algorithm, "lr", None)):
+            return Fusion(None, "a channel-wise lr in the exact chunk form is not fused (one "
+                          "UT system per value channel)")
         return Fusion("exact")
     if isinstance(ret, ir.Decay) and ret.at != "prev":
         return Fusion(None, "decay(at=decayed) with chunk anchoring is not fused (use at=prev "
@@ -149,4 +165,6 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     out["window"] = m.window.size if isinstance(m.window, ir.Sliding) else 1
     out["algorithm"] = m.algorithm.kind
     out["retention"] = m.retention.kind
+    out["decay_at"] = getattr(m.retention, "at", "prev")
+    out["affine"] = affine(m.bias)
     return out
