@@ -10,7 +10,8 @@ for the memory's activation with its first two derivatives:
     Omega window ``c ≤ 16``: chunk-parallel with gradients at the chunk anchor (the dual form).
 ``exact``
     matrix memory whose update is affine in the weights (``l2``, ``dot``, ``lp(2)`` biases) with
-    ``parallel = exact``: DeltaNet, Gated DeltaNet, Longhorn — the WY/UT chunk form, equal to
+    ``parallel = exact``, GD or implicit GD with a scalar lr, decay ``at=prev`` or ``decayed``:
+    DeltaNet, Gated DeltaNet, Longhorn with a per-head step — the WY/UT chunk form, equal to
     the per-token recurrence.
 ``mlp``
     two-layer MLP memory (residual or not, any activation), hidden ≤ 4·head_dim, retention
@@ -32,7 +33,7 @@ from miras import ir
 from miras.symbolic import lower
 
 #: The families whose templates are generated today (the others fall back with a reason).
-BUILT: frozenset[str] = frozenset()
+BUILT: frozenset[str] = frozenset({"exact"})
 
 #: Largest Omega window the dual kernel keeps on chip.
 MAX_WINDOW = 16
