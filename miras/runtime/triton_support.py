@@ -21,8 +21,9 @@ def interpreted() -> bool:
 
 def autotune_configs(space: Sequence[dict[str, Any]], num_warps: Sequence[int] = (4,),
                      num_stages: Sequence[int] = (2,)) -> list[triton.Config]:
-    """Autotuning configurations; under the interpreter, a single forced one (the first)."""
-    if interpreted():
+    """Autotuning configurations; under the interpreter (or with ``MIRAS_AUTOTUNE=0``, to
+    spare compile time) a single forced one: the first."""
+    if interpreted() or os.environ.get("MIRAS_AUTOTUNE", "1") == "0":
         return [triton.Config(space[0], num_warps=num_warps[0], num_stages=num_stages[0])]
     return [triton.Config(kw, num_warps=w, num_stages=s)
             for kw in space for w in num_warps for s in num_stages]
