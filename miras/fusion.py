@@ -10,7 +10,8 @@ for the memory's activation with its first two derivatives:
     Omega window ``c ≤ 16``: chunk-parallel with gradients at the chunk anchor (the dual form).
 ``exact``
     matrix memory whose update is affine in the weights (``l2``, ``dot``, ``lp(2)`` biases) with
-    ``parallel = exact``: DeltaNet, Gated DeltaNet, Longhorn — the WY/UT chunk form, equal to
+    ``parallel = exact``, GD or implicit GD with a scalar lr, decay ``at=prev`` or ``decayed``:
+    DeltaNet, Gated DeltaNet, Longhorn with a per-head step — the WY/UT chunk form, equal to
     the per-token recurrence.
 ``mlp``
     two-layer MLP memory (residual or not, any activation), hidden ≤ 4·head_dim, retention
@@ -32,7 +33,7 @@ from miras import ir
 from miras.symbolic import lower
 
 #: The families whose templates are generated today (the others fall back with a reason).
-BUILT: frozenset[str] = frozenset({"dual"})
+BUILT: frozenset[str] = frozenset({"dual", "exact"})
 
 #: Largest Omega window the dual kernel keeps on chip.
 MAX_WINDOW = 16
@@ -83,6 +84,17 @@ def _common(m: ir.Model) -> str | None:
     return None
 
 
+def affine(bias: ir.Bias) -> tuple[float, float] | None:
+    """``(a, b)`` with ``∂ℓ/∂y = a·y − b·v`` for the affine built-in biases, else ``None``."""
+    if isinstance(bias, ir.L2):
+        return (1.0, 1.0)
+    if isinstance(bias, ir.Dot):
+        return (0.0, 1.0)
+    if isinstance(bias, ir.Lp) and bias.p == 2:
+        return (2.0, 2.0)
+    return None
+
+
 def _family(m: ir.Model) -> Fusion:
     why = _common(m)
     if why:
@@ -96,6 +108,11 @@ def _family(m: ir.Model) -> Fusion:
             return Fusion(None, "the exact chunk form needs a bias whose gradient is affine in y")
         if window > 1 or isinstance(m.algorithm, ir.Momentum):
             return Fusion(None, "the exact chunk form is fused for GD without a window")
+        if affine(m.bias) is None:
+            return Fusion(None, "the exact chunk form is fused for the l2, dot and lp(2) biases")
+        if _gate_channel(getattr(m.algorithm, "lr", None)):
+            return Fusion(None, "a channel-wise lr in the exact chunk form is not fused (one "
+                          "UT system per value channel)")
         return Fusion("exact")
     if isinstance(ret, ir.Decay) and ret.at != "prev":
         return Fusion(None, "decay(at=decayed) with chunk anchoring is not fused (use at=prev "
@@ -152,6 +169,8 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     out["window"] = m.window.size if isinstance(m.window, ir.Sliding) else 1
     out["algorithm"] = m.algorithm.kind
     out["retention"] = m.retention.kind
+    out["decay_at"] = getattr(m.retention, "at", "prev")
+    out["affine"] = affine(m.bias)
     return out
 
 

@@ -141,14 +141,10 @@ def _recipe(m: ir.Model) -> list[tuple[str, Any]]:
         out.append(("read_before", True))
     if isinstance(m.parallel, ir.Exact):
         out.append(("exact", True))
-        bias = m.bias
         # ∂ℓ/∂y = a·y − b·v for the affine built-ins (the UT chunk form needs a and b)
-        if isinstance(bias, ir.L2):
-            out.append(("affine", (1.0, 1.0)))
-        elif isinstance(bias, ir.Dot):
-            out.append(("affine", (0.0, 1.0)))
-        elif isinstance(bias, ir.Lp) and bias.p == 2:
-            out.append(("affine", (2.0, 2.0)))
+        ab = fusion.affine(m.bias)
+        if ab is not None:
+            out.append(("affine", ab))
     return out
 
 

@@ -22,7 +22,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 #: The family each example belongs to when every template is generated (``None``: fallback).
 EXPECTED = {
-    "titans": "mlp", "gated_deltanet": "exact", "deltanet": "exact", "longhorn": "exact",
+    "titans": "mlp", "gated_deltanet": "exact", "deltanet": "exact", "longhorn": None,
     "linear_attention": "dual", "retnet": "dual", "mamba2": "dual", "polysketch": "dual",
     "swla": "dual", "atlas": None, "moneta": None, "memora": None, "softmax_attention": None,
     "gla": None, "cauchy": None,
