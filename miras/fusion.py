@@ -33,7 +33,7 @@ from miras import ir
 from miras.symbolic import lower
 
 #: The families whose templates are generated today (the others fall back with a reason).
-BUILT: frozenset[str] = frozenset({"dual", "exact"})
+BUILT: frozenset[str] = frozenset({"dual", "exact", "mlp"})
 
 #: Largest Omega window the dual kernel keeps on chip.
 MAX_WINDOW = 16

@@ -36,3 +36,9 @@ def block(n: int, least: int = 16) -> int:
 
 def contiguous(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(x.contiguous() for x in xs)
+
+
+def dot_fp32(x: torch.Tensor) -> bool:
+    """Whether ``tl.dot`` should take fp32 operands for inputs like ``x``: fp32 inputs, and
+    bf16 under the interpreter (whose bf16 ``tl.dot`` is wrong in Triton 3.9)."""
+    return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and interpreted())

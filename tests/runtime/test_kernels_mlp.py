@@ -1,0 +1,201 @@
+"""The fused 'mlp' kernels against the PyTorch chunk path and the fp64 recurrence.
+
+Runs under ``TRITON_INTERPRET=1`` on the CPU (tiny shapes); on CUDA the same tests run the
+compiled kernels. Every comparison is a relative error ‖ref − out‖ / ‖ref‖ per tensor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import miras
+from miras.runtime.engine import State
+from miras.runtime.triton_support import interpreted
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or interpreted()),
+                                reason="needs CUDA or TRITON_INTERPRET=1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+TITANS = (EXAMPLES / "titans.miras").read_text()
+
+
+def _spec(name: str, memory: str, bias: str, retention: str, algorithm: str) -> str:
+    return (f"model {name} {{\n    memory = {memory}\n    bias = {bias}\n"
+            f"    retention = {retention}\n    algorithm = {algorithm}\n"
+            "    parallel = chunk(size=16)\n}\n")
+
+
+SPECS = {
+    "titans": TITANS,
+    "gd": _spec("gd", "mlp(depth=2, expansion=2, act=gelu, residual=true)", "l2",
+                "decay(alpha=gate(act=sigmoid), at=prev)", "gd(lr=gate(act=sigmoid))"),
+    "silu": _spec("silu", "mlp(depth=2, expansion=2, act=silu, residual=false)", "l2",
+                  "decay(alpha=gate(act=sigmoid), at=prev)",
+                  "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))"),
+    "huber": _spec("huber", "mlp(depth=2, expansion=2, act=gelu, residual=true)",
+                   "huber_norm(delta=4.0)", "decay(alpha=gate(act=sigmoid), at=prev)",
+                   "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))"),
+    "plain": _spec("plain", "mlp(depth=2, expansion=2, act=sigmoid, residual=true)", "l2",
+                   "none", "gd(lr=gate(act=sigmoid, channel=true))"),
+}
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled(name: str):
+    if name not in _COMPILED:
+        c = miras.compile(SPECS[name])
+        assert c.fused == "mlp", c.fused_reason
+        _COMPILED[name] = c
+    return _COMPILED[name]
+
+
+def _rel(ref: torch.Tensor, out: torch.Tensor) -> float:
+    ref, out = ref.double(), out.double()
+    return float((ref - out).norm() / ref.norm().clamp_min(1e-30))
+
+
+def _inputs(c, B: int, T: int, H: int, D: int, seed: int = 0):
+    """q, k, v, gates (fp64, on DEVICE) and a random initial state (weights and momentum)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    q, k, v = r(B, T, H, D) / D**0.5, r(B, T, H, D) / D**0.5, r(B, T, H, D)
+    gates = {}
+    for n, i in c.gates.items():
+        u = torch.rand(B, T, H, D if i.channel else 1, generator=g, dtype=torch.float64)
+        lo, hi = {"decay": (0.8, 1.0), "momentum": (0.3, 0.9), "lr": (0.05, 0.3)}[n]
+        gates[n] = (lo + (hi - lo) * u).squeeze(-1) if not i.channel else lo + (hi - lo) * u
+    st = c.initial_state(B, H, D, dtype=torch.float64)
+    w = {n: t + 0.05 * r(*t.shape) for n, t in st.weights.items()}
+    m = None if st.momentum is None else {n: 0.05 * r(*t.shape) for n, t in w.items()}
+    dev = lambda x: x.to(DEVICE)  # noqa: E731
+    return (dev(q), dev(k), dev(v), {n: dev(x) for n, x in gates.items()},
+            {n: dev(x) for n, x in w.items()}, None if m is None else
+            {n: dev(x) for n, x in m.items()})
+
+
+def _run(c, backend: str, dtype: torch.dtype, inputs, chunk: int, grad: bool, seed: int = 1):
+    """Output, final state and (with ``grad``) the gradients of a random linear loss."""
+    q, k, v, gates, w, m = inputs
+    leaves = {"q": q, "k": k, "v": v, **{f"gate.{n}": x for n, x in gates.items()},
+              **{f"weights.{n}": x for n, x in w.items()},
+              **({f"momentum.{n}": x for n, x in m.items()} if m else {})}
+    leaves = {n: x.detach().to(dtype if not n.startswith(("weights", "momentum"))
+                               or backend == "reference" else torch.float32)
+              .requires_grad_(grad) for n, x in leaves.items()}
+    wk = {n[8:]: x for n, x in leaves.items() if n.startswith("weights.")}
+    mk = {n[9:]: x for n, x in leaves.items() if n.startswith("momentum.")} or None
+    st = State(wk, mk, None, None)
+    gk = {n[5:]: x for n, x in leaves.items() if n.startswith("gate.")}
+    o, final = c.functional(leaves["q"], leaves["k"], leaves["v"], backend=backend,
+                            initial_state=st, chunk_size=chunk, **gk)
+    outs = {"o": o, **{f"final.weights.{n}": x for n, x in final.weights.items()}}
+    if final.momentum is not None:
+        outs.update({f"final.momentum.{n}": x for n, x in final.momentum.items()})
+    if not grad:
+        return {n: x.detach() for n, x in outs.items()}
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((outs[n].double() * torch.randn(outs[n].shape, generator=g, dtype=torch.float64)
+                .to(DEVICE)).sum() for n in sorted(outs))
+    loss.backward()
+    res = {n: x.detach() for n, x in outs.items()}
+    res.update({f"d.{n}": x.grad for n, x in leaves.items()})
+    return res
+
+
+def _compare(ref: dict, out: dict, tol: dict[str, float], default: float) -> dict[str, float]:
+    errs = {}
+    for n, r in ref.items():
+        assert n in out, n
+        x = out[n]
+        assert x is not None, n
+        assert torch.isfinite(x).all(), n
+        errs[n] = _rel(r, x)
+    bad = {n: e for n, e in errs.items() if e > tol.get(n, default)}
+    assert not bad, f"errors above tolerance: {bad} (all: {errs})"
+    return errs
+
+
+CASES = [
+    # spec, B, T, H, D, chunk: T not a multiple of the chunk, H = 3, head_dim 48 (hidden
+    # 192 = three blocks for titans, 96 = one and a half for the others)
+    ("titans", 1, 20, 2, 16, 8),
+    ("gd", 2, 19, 1, 16, 8),
+    ("silu", 1, 21, 3, 16, 8),
+    ("huber", 1, 18, 1, 16, 8),
+    ("plain", 1, 17, 1, 16, 16),
+    ("titans", 1, 11, 1, 48, 8),
+    ("plain", 1, 9, 1, 48, 8),
+]
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "backward"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_matches_chunk_and_reference(case, grad: bool) -> None:
+    """Output and final state (forward: two alternating state slots, no checkpoints); with
+    ``grad`` also the gradients of q, k, v, every gate and the initial state."""
+    name, B, T, H, D, chunk = case
+    c = _compiled(name)
+    inputs = _inputs(c, B, T, H, D, seed=3)
+    out = _run(c, "triton", torch.float32, inputs, chunk, grad=grad)
+    if grad:
+        assert {n for n in out if n.startswith("d.gate.")} == {f"d.gate.{n}" for n in c.gates}
+    chunk_ref = _run(c, "chunk", torch.float32, inputs, chunk, grad=grad)
+    ref = _run(c, "reference", torch.float64, inputs, chunk, grad=grad)
+    _compare(chunk_ref, out, {}, 2e-5)
+    _compare(ref, out, {}, 2e-5)
+
+
+def test_forward_low_precision_inputs() -> None:
+    c = _compiled("titans")
+    inputs = _inputs(c, 1, 20, 2, 16)
+    ref = _run(c, "reference", torch.float64, inputs, 8, grad=False)
+    for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float16, 5e-3)):
+        out = _run(c, "triton", dtype, inputs, 8, grad=False)
+        assert out["o"].dtype == dtype
+        assert out["final.weights.W0"].dtype == torch.float32
+        _compare(ref, out, {}, tol)
+
+
+@pytest.fixture
+def nan_buffers(monkeypatch):
+    """Every ``torch.empty``/``empty_like`` buffer starts as NaN (unwritten elements show)."""
+    real_empty, real_empty_like = torch.empty, torch.empty_like
+    monkeypatch.setattr(torch, "empty",
+                        lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+    monkeypatch.setattr(torch, "empty_like",
+                        lambda *a, **kw: real_empty_like(*a, **kw).fill_(float("nan")))
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "backward"])
+def test_every_element_is_written(nan_buffers, grad: bool) -> None:
+    c = _compiled("titans")
+    inputs = _inputs(c, 1, 13, 3, 16)
+    out = _run(c, "triton", torch.float32, inputs, 8, grad=grad)
+    for n, x in out.items():
+        assert torch.isfinite(x).all(), n
+
+
+def test_no_final_state_and_shape_limit() -> None:
+    c = _compiled("gd")
+    q, k, v, gates, w, _ = _inputs(c, 1, 9, 1, 16)
+    f = lambda x: x.float()  # noqa: E731
+    o, final = c.functional(f(q), f(k), f(v), backend="triton", output_final_state=False,
+                            chunk_size=8, initial_state=State({n: f(x) for n, x in w.items()},
+                                                              None, None, None),
+                            **{n: f(x) for n, x in gates.items()})
+    assert final is None and o.shape == q.shape
+
+
+def test_gradients_low_precision_inputs() -> None:
+    c = _compiled("titans")
+    inputs = _inputs(c, 1, 20, 2, 16, seed=4)
+    ref = _run(c, "reference", torch.float64, inputs, 8, grad=True)
+    out = _run(c, "triton", torch.float16, inputs, 8, grad=True)
+    assert out["d.q"].dtype == torch.float16 and out["d.weights.W0"].dtype == torch.float32
+    _compare(ref, out, {}, 1e-2)
