@@ -25,7 +25,7 @@ from types import ModuleType
 
 from torch import Tensor
 
-from miras.runtime.engine import Fns, Recipe, State, run_chunked
+from miras.runtime.engine import Fns, Recipe, State, _window_tail, run_chunked
 from miras.runtime.triton_support import interpreted
 
 #: Gates a fused kernel reads (slot names of the plan).
@@ -60,7 +60,7 @@ def run(module: ModuleType, recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: T
         fallback(module.MODEL_NAME, why)
         o, final = run_chunked(recipe, fns, q, k, v, vals, state, chunk)
         return o, (final if output_final_state else None)
-    vals = dict(vals)
+    raw_vals, vals = vals, dict(vals)
     if recipe.algorithm == "implicit_gd" and "lr" in vals:  # Longhorn: η/(1 + η‖φ(k)‖²)
         lr = vals["lr"]
         vals["lr"] = lr / (1 + lr * kf.pow(2).sum(-1, keepdim=True))
@@ -75,4 +75,5 @@ def run(module: ModuleType, recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: T
         return o, None
     weights = {n.split(".", 1)[1]: t for n, t in final.items() if n.startswith("weights.")}
     mom = {n.split(".", 1)[1]: t for n, t in final.items() if n.startswith("momentum.")}
-    return o, State(weights, mom or None, None, None)
+    # the next call's Omega window re-reads the last c − 1 tokens (see engine._window_tail)
+    return o, State(weights, mom or None, None, _window_tail(recipe.window, kf, k, v, raw_vals))
