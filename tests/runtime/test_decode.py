@@ -4,9 +4,13 @@ separate runs. Every comparison is against ``backend="reference"`` on whole sequ
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+import miras
+from miras.runtime.attention import KVState
 from miras.runtime.engine import Fns, Recipe, cat_states, initial_state, run_chunked, run_reference
 from tests.runtime.test_engine import CASES, SHAPES, _case, _inputs, _l2, _rel, _vals, _weights
 
@@ -75,3 +79,118 @@ def test_rows_at_different_chunk_positions_step_together() -> None:
                                {x: t[sl, :, :n + 1] for x, t in vals.items()},
                                initial_state(rec, {x: t[sl] for x, t in w0.items()}), 4)
         assert _rel(o[i, :, 0], ref[0, :, -1]) < 1e-9
+
+
+# ---- compiled specs: every example ------------------------------------------------------
+
+EXAMPLES = sorted((Path(__file__).parent.parent.parent / "examples").glob("*.miras"))
+SWA = ("model swa { memory = nonparametric(kernel=softmax)  bias = l2  retention = none  "
+       "algorithm = nonparametric  window = sliding(size=4) }")
+SPECS = {p.stem: str(p) for p in EXAMPLES} | {"swa": SWA}
+H, D, CHUNK = 2, 4, 4
+
+
+def _data(c: miras.Compiled, b: int, t: int, seed: int = 0) -> tuple[list[torch.Tensor], dict]:
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.nn.functional.normalize(torch.randn(b, t, H, D, generator=g,
+                                                         dtype=torch.float64), dim=-1)
+               for _ in range(3))
+    gates = {r: 0.3 + 0.6 * torch.rand(b, t, H, *([D] if i.channel else []), generator=g,
+                                       dtype=torch.float64) for r, i in c.gates.items()}
+    return [q, k, v], gates
+
+
+def _flat(state) -> list[torch.Tensor]:
+    if isinstance(state, KVState):  # the real entries of a one-row cache (no padding)
+        keep = state.mask()[0]
+        return [state.k[:, :, keep], state.v[:, :, keep]]
+    return [t for _, t in sorted(state.tensors().items())]
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_prefill_then_step_equals_the_whole_sequence(name: str) -> None:
+    """Chunk-form prefill of 6 tokens (inside the second chunk of 4), then 5 single steps."""
+    c = miras.compile(SPECS[name])
+    (q, k, v), gates = _data(c, 2, T)
+    ref, s_ref = c.functional(q, k, v, backend="reference", chunk_size=CHUNK, **gates)
+    n = 6
+    pre, state = c.functional(q[:, :n], k[:, :n], v[:, :n], chunk_size=CHUNK,
+                              **{r: x[:, :n] for r, x in gates.items()})
+    outs = [pre]
+    for t in range(n, T):
+        o, state = c.step(q[:, t], k[:, t], v[:, t], state, chunk_size=CHUNK,
+                          **{r: x[:, t] for r, x in gates.items()})
+        outs.append(o.unsqueeze(1))
+    assert _rel(torch.cat(outs, 1), ref) < 1e-9
+    for a, b in zip(_flat(state), _flat(s_ref), strict=True):
+        assert _rel(a, b) < 1e-9
+
+
+# ---- packed documents (cu_seqlens) -------------------------------------------------------
+
+LENGTHS = [5, 0, 7, 3]  # not multiples of the chunk; an empty document too
+PACKED = ["ttt_mlp", "omeganet", "atlas", "memora", "gated_deltanet", "moneta",
+          "softmax_attention", "swa"]
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunk"])
+@pytest.mark.parametrize("name", PACKED)
+def test_packed_documents_equal_separate_runs(name: str, backend: str) -> None:
+    c = miras.compile(SPECS[name])
+    total = sum(LENGTHS)
+    (q, k, v), gates = _data(c, 1, total, seed=1)
+    cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()])
+    leaves = [q, k, v, *gates.values()]
+    for x in leaves:
+        x.requires_grad_(True)
+    o, state = c.functional(q, k, v, cu_seqlens=cu, backend=backend, chunk_size=CHUNK,
+                            **gates)
+    assert state.batch == len(LENGTHS)
+    weight = torch.randn(o.shape, generator=torch.Generator().manual_seed(2),
+                         dtype=torch.float64)
+    grads = torch.autograd.grad((o * weight).sum(), leaves)
+    fresh = c.initial_state(1, H, D, dtype=torch.float64)
+    for i, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True)):
+        sl = slice(a, b)
+        if a == b:  # an empty document keeps its initial state
+            for x, y in zip(_flat(state.select(slice(i, i + 1))), _flat(fresh), strict=True):
+                assert torch.equal(x, y)
+            continue
+        part = [x[:, sl] for x in leaves]
+        alone, s_alone = c.functional(*part[:3], backend="reference", chunk_size=CHUNK,
+                                      **dict(zip(gates, part[3:], strict=True)))
+        assert _rel(o[:, sl], alone) < 1e-9
+        for x, y in zip(_flat(state.select(slice(i, i + 1))), _flat(s_alone), strict=True):
+            assert _rel(x, y) < 1e-9
+        g_alone = torch.autograd.grad((alone * weight[:, sl]).sum(), leaves)
+        for g_packed, g_one in zip(grads, g_alone, strict=True):
+            assert _rel(g_packed[:, sl], g_one[:, sl]) < 1e-9
+
+
+@pytest.mark.parametrize("name", ["omeganet", "memora", "swa"])
+def test_packed_final_states_continue_each_document(name: str) -> None:
+    """A packed prefill's per-document states: a second packed call, then steps of all
+    documents together (rows at different chunk positions), equal each document alone."""
+    c = miras.compile(SPECS[name])
+    lens1, lens2 = [5, 2, 7], [3, 4, 1]
+    (q, k, v), gates = _data(c, 1, sum(lens1) + sum(lens2) + 2, seed=3)
+    cu1 = torch.tensor([0, 5, 7, 14])
+    cu2 = torch.tensor([0, 3, 7, 8])
+    first = slice(0, 14)
+    second = slice(14, 22)
+    _, state = c.functional(q[:, first], k[:, first], v[:, first], cu_seqlens=cu1,
+                            chunk_size=CHUNK, **{r: x[:, first] for r, x in gates.items()})
+    o2, state = c.functional(q[:, second], k[:, second], v[:, second], cu_seqlens=cu2,
+                             initial_state=state, chunk_size=CHUNK,
+                             **{r: x[:, second] for r, x in gates.items()})
+    # one more token per document, all three as a batch of 3
+    last = [22, 22, 23]  # (the 2nd reuses token 22: only the state differs)
+    o3, _ = c.step(*(x[0, last] for x in (q, k, v)), state, chunk_size=CHUNK,
+                   **{r: x[0, last] for r, x in gates.items()})
+    for i in range(3):
+        idx = [*range(cu1[i], cu1[i + 1]), *range(14 + cu2[i], 14 + cu2[i + 1]), last[i]]
+        alone, _ = c.functional(*(x[:, idx] for x in (q, k, v)), backend="reference",
+                                chunk_size=CHUNK, **{r: x[:, idx] for r, x in gates.items()})
+        n2 = int(cu2[i + 1] - cu2[i])
+        assert _rel(o2[:, cu2[i]:cu2[i + 1]], alone[:, -1 - n2:-1]) < 1e-9
+        assert _rel(o3[i], alone[0, -1]) < 1e-9

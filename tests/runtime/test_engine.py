@@ -73,7 +73,7 @@ CASES = [
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-30))
 
 
 def _case(m: str, ret: str, alg: str, at: str, win: int) -> tuple[Recipe, Fns]:
