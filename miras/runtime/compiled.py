@@ -239,7 +239,7 @@ class Compiled:
                 run: dict[str, Any], gates: dict[str, Tensor]
                 ) -> tuple[Tensor, AnyState | None]:
         """``functional`` over packed documents: each alone, then joined."""
-        bounds = _check_cu_seqlens(cu_seqlens, q.shape[0], q.shape[1])
+        bounds = check_cu_seqlens(cu_seqlens, q.shape[0], q.shape[1])
         n = len(bounds) - 1
         if initial_state is not None and initial_state.batch not in (1, n):
             raise ValueError(f"initial_state has a batch of {initial_state.batch}; with "
@@ -289,7 +289,7 @@ class Compiled:
         return o[:, 0], st
 
 
-def _check_cu_seqlens(cu: Tensor, batch: int, total: int) -> list[int]:
+def check_cu_seqlens(cu: Tensor, batch: int, total: int) -> list[int]:
     """The boundaries of packed documents, or a clear error."""
     if not isinstance(cu, Tensor) or cu.dim() != 1 or cu.is_floating_point() or cu.numel() < 2:
         raise ValueError("cu_seqlens must be a 1-D integer tensor [N + 1] of cumulative "
