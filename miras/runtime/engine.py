@@ -21,6 +21,12 @@ chunks it is the chunk-anchored approximation of [T] Eq 16, [M] Eq 28 and [A] Eq
 nonlinear retention applied from the chunk start ([M] §5.4: Moneta's normalisation and
 Memora's softmax at chunk boundaries; for KL the first token of each chunk is a chunk of its
 own — Memora's lag token, [M] Eq 30).
+
+Chunks are counted from the start of the sequence, not of a call: a state records where its
+call stopped in the chunk grid (``State.pos``) and the anchor and running terms of an
+unfinished chunk (``State.partial``), and the next call continues that chunk. So splitting
+a sequence anywhere (a prompt, then one token per call: decoding) gives the same outputs
+as one call over all of it.
 """
 
 from __future__ import annotations
@@ -132,16 +138,24 @@ class State:
 
     def select(self, idx: Tensor | slice) -> State:
         """The rows ``idx`` of the batch (a state for those sequences only)."""
-        def w(x: Weights | None) -> Weights | None:
-            return None if x is None else {n: t[idx] for n, t in x.items()}
+        p = self.partial
+        return State(
+            _take(self.weights, idx),
+            None if self.momentum is None else _take(self.momentum, idx),
+            None if self.accum is None else _take(self.accum, idx),
+            None if self.window is None else (*(t[idx] for t in self.window[:3]),
+                                              _take(self.window[3], idx)),
+            None if self.pos is None else self.pos[idx],
+            None if p is None else Partial(_take(p.start, idx), _take(p.base, idx),
+                                           p.beta[idx], _take(p.acc, idx)))
 
-        win = None if self.window is None else (
-            *(t[idx] for t in self.window[:3]), {n: t[idx] for n, t in self.window[3].items()})
-        part = None if self.partial is None else Partial(
-            w(self.partial.start) or {}, w(self.partial.base) or {}, self.partial.beta[idx],
-            w(self.partial.acc) or {})
-        return State(w(self.weights) or {}, w(self.momentum), w(self.accum),
-                     win, None if self.pos is None else self.pos[idx], part)  # type: ignore[arg-type]
+
+def _take(w: dict[str, Tensor], idx: Tensor | slice) -> dict[str, Tensor]:
+    return {n: t[idx] for n, t in w.items()}
+
+
+def _join(ws: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {n: torch.cat([w[n] for w in ws]) for n in ws[0]}
 
 
 def initial_state(recipe: Recipe, weights: Weights) -> State:
@@ -170,33 +184,29 @@ def cat_states(states: list[State]) -> State:
     different lengths: shorter ones are padded in front with tokens of window weight
     ``γ = 0``, which add nothing to any gradient.
     """
-
-    def cat(xs: list[Weights | None]) -> Weights | None:
-        if xs[0] is None:
-            return None
-        return {n: torch.cat([x[n] for x in xs if x is not None]) for n in xs[0]}
-
     part = None
     if any(s.partial is not None for s in states):
         ps = [s.partial or _fresh(s) for s in states]
-        width = max(p.beta.shape[-1] for p in ps)
-        part = Partial(cat([p.start for p in ps]) or {}, cat([p.base for p in ps]) or {},
+        width = max(p.beta.shape[-1] for p in ps)  # per-head and channel-wise β
+        part = Partial(_join([p.start for p in ps]), _join([p.base for p in ps]),
                        torch.cat([p.beta.expand(*p.beta.shape[:-1], width) for p in ps]),
-                       cat([p.acc for p in ps]) or {})
+                       _join([p.acc for p in ps]))
     wins = [s.window for s in states]
     window = None
     if any(w is not None for w in wins):
         like = next(w for w in wins if w is not None)
         length = max(w[0].shape[2] for w in wins if w is not None)
         padded = [_pad_window(w, like, length, s.batch) for w, s in zip(wins, states, strict=True)]
-        window = (*(torch.cat([w[i] for w in padded], 0) for i in range(3)),
-                  {n: torch.cat([w[3][n] for w in padded], 0) for n in padded[0][3]})
+        window = (*(torch.cat([w[i] for w in padded]) for i in range(3)),
+                  _join([w[3] for w in padded]))
     pos = None
     if any(s.pos is not None for s in states):
         pos = torch.cat([s.pos if s.pos is not None else torch.zeros(
             s.batch, dtype=torch.long, device=_device(s)) for s in states])
-    return State(cat([s.weights for s in states]) or {}, cat([s.momentum for s in states]),
-                 cat([s.accum for s in states]), window, pos, part)  # type: ignore[arg-type]
+    mom = [s.momentum for s in states if s.momentum is not None]
+    acc = [s.accum for s in states if s.accum is not None]
+    return State(_join([s.weights for s in states]), _join(mom) if mom else None,
+                 _join(acc) if acc else None, window, pos, part)
 
 
 def _device(s: State) -> torch.device:

@@ -252,3 +252,24 @@ def test_layer_packed_documents(name: str) -> None:
         assert _rel(gx[:, a:b], g_alone[:, a:b]) < 1e-9
         gq_sum += g_q
     assert _rel(gq, gq_sum) < 1e-9
+
+
+def test_user_errors_are_clear() -> None:
+    c = miras.compile(SPECS["titans"])
+    (q, k, v), gates = _data(c, 1, 6)
+    with pytest.raises(ValueError, match="cumulative"):
+        c.functional(q, k, v, cu_seqlens=torch.tensor([[0, 6]]), **gates)
+    with pytest.raises(ValueError, match="end at T = 6"):
+        c.functional(q, k, v, cu_seqlens=torch.tensor([0, 4]), **gates)
+    with pytest.raises(ValueError, match="batch must be 1"):
+        c.functional(q.expand(2, -1, -1, -1), k.expand(2, -1, -1, -1),
+                     v.expand(2, -1, -1, -1), cu_seqlens=torch.tensor([0, 6]),
+                     **{r: x.expand(2, *x.shape[1:]) for r, x in gates.items()})
+    with pytest.raises(ValueError, match="one token"):
+        c.step(q, k, v, **gates)
+    _, state = c.functional(q, k, v, chunk_size=4, **gates)  # 2 tokens into a chunk of 4
+    with pytest.raises(ValueError, match="chunk size is 2"):
+        c.step(q[:, 0], k[:, 0], v[:, 0], state, chunk_size=2,
+               **{r: x[:, 0] for r, x in gates.items()})
+    with pytest.raises(TypeError, match="KVState"):
+        miras.compile(SWA).step(q[:, 0], k[:, 0], v[:, 0], state)
