@@ -38,6 +38,10 @@ class KVState:
         return torch.ones(self.k.shape[0], self.k.shape[2], dtype=torch.bool,
                           device=self.k.device)
 
+    def tensors(self) -> dict[str, Tensor]:
+        """The state's tensors by name (as ``State.tensors``)."""
+        return {"k": self.k, "v": self.v}
+
     def select(self, idx: Tensor | slice) -> KVState:
         """The rows ``idx`` of the batch."""
         return KVState(self.k[idx], self.v[idx],
