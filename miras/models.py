@@ -35,40 +35,121 @@ class SwiGLU(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, compiled: Compiled, d_model: int, heads: int | None,
-                 backend: str | None) -> None:
+                 backend: str | None, chunk_size: int | None = None) -> None:
         super().__init__()
         self.norm1 = nn.RMSNorm(d_model, eps=1e-6)
-        self.mixer = MirasLayer(compiled, d_model, heads, backend=backend)
+        self.mixer = MirasLayer(compiled, d_model, heads, backend=backend,
+                                chunk_size=chunk_size)
         self.norm2 = nn.RMSNorm(d_model, eps=1e-6)
         self.mlp = SwiGLU(d_model)
 
-    def forward(self, x: Tensor, state: dict[str, Any] | None = None,
-                return_state: bool = False) -> Any:
-        if return_state:
-            h, new = self.mixer(self.norm1(x), state, return_state=True)
-            x = x + h
-            return x + self.mlp(self.norm2(x)), new
-        x = x + self.mixer(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: Tensor, state: Any = None, return_state: bool = False,
+                cu_seqlens: Tensor | None = None) -> Any:
+        h, new = self.mixer(self.norm1(x), state, return_state=True, cu_seqlens=cu_seqlens)
+        x = x + h
+        x = x + self.mlp(self.norm2(x))
+        return (x, new) if return_state else x
+
+    def init_cache(self, batch: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> Any:
+        return self.mixer.init_cache(batch, device, dtype)
+
+    def step(self, x_t: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        h, cache = self.mixer.step(self.norm1(x_t), cache)
+        x_t = x_t + h
+        return x_t + self.mlp(self.norm2(x_t)), cache
 
 
 class LM(nn.Module):
-    """Embeddings → ``layers`` blocks → RMSNorm → tied head. ``[B, T] → [B, T, vocab]``."""
+    """Embeddings → ``layers`` blocks → RMSNorm → tied head. ``[B, T] → [B, T, vocab]``.
+
+    ``chunk_size`` overrides the spec's chunk length in every layer. Decoding: ``forward``
+    with ``return_caches=True`` (prefill), then :meth:`step` per token; :meth:`generate`
+    does both.
+    """
 
     def __init__(self, compiled: Compiled, vocab: int, d_model: int = 64, layers: int = 2,
-                 heads: int | None = None, backend: str | None = None) -> None:
+                 heads: int | None = None, backend: str | None = None,
+                 chunk_size: int | None = None) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.blocks = nn.ModuleList(Block(compiled, d_model, heads, backend)
+        self.blocks = nn.ModuleList(Block(compiled, d_model, heads, backend, chunk_size)
                                     for _ in range(layers))
         self.norm = nn.RMSNorm(d_model, eps=1e-6)
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, caches: list[Any] | None = None, *,
+                return_caches: bool = False, cu_seqlens: Tensor | None = None) -> Any:
+        """Logits ``[B, T, vocab]``; with ``return_caches=True`` also the per-layer caches
+        that :meth:`step` continues. ``caches`` continues earlier ones; ``cu_seqlens``
+        packs documents along ``T`` (``B == 1``; see ``MirasLayer.forward``)."""
         x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x)
+        new = []
+        for i, block in enumerate(self.blocks):
+            x, c = block(x, None if caches is None else caches[i], return_state=True,
+                         cu_seqlens=cu_seqlens)
+            new.append(c)
+        logits = self.head(x)
+        return (logits, new) if return_caches else logits
+
+    def head(self, x: Tensor) -> Tensor:
         return self.norm(x) @ self.embed.weight.T
+
+    def init_caches(self, batch: int) -> list[Any]:
+        """Per-layer caches before the first token (for :meth:`step` without a prefill)."""
+        return [b.init_cache(batch) for b in self.blocks]
+
+    def step(self, token: Tensor, caches: list[Any]) -> Tensor:
+        """One token per row ``[B]`` → next-token logits ``[B, vocab]``; ``caches`` (from
+        ``forward(..., return_caches=True)`` or :meth:`init_caches`) is updated in place."""
+        x = self.embed(token)
+        for i, block in enumerate(self.blocks):
+            x, caches[i] = block.step(x, caches[i])
+        return self.head(x)
+
+    @torch.no_grad()
+    def generate(self, tokens: Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None
+                 ) -> Tensor:
+        """Continue ``tokens`` ``[B, T0]`` by ``max_new_tokens``: ``[B, T0 + N]``.
+
+        The prompt runs through the parallel form once (prefill), then one recurrent step
+        per new token. ``temperature = 0`` is greedy; else sampling from
+        ``softmax(logits / temperature)``, restricted to the ``top_k`` most likely tokens
+        when given.
+
+        >>> import miras
+        >>> c = miras.compile("model m { memory = matrix  bias = l2  retention = none  "
+        ...                   "algorithm = gd }")
+        >>> lm = LM(c, vocab=32, d_model=16, layers=1, heads=2)
+        >>> lm.generate(torch.zeros(2, 5, dtype=torch.long), 3).shape
+        torch.Size([2, 8])
+        """
+        if tokens.dim() != 2 or tokens.shape[1] == 0:
+            raise ValueError(f"tokens must be [B, T0] with T0 >= 1; got {tuple(tokens.shape)}")
+        if temperature < 0 or (top_k is not None and top_k < 1):
+            raise ValueError("temperature must be >= 0 and top_k >= 1")
+        logits, caches = self(tokens, return_caches=True)
+        last = logits[:, -1]
+        out = [tokens]
+        for i in range(max_new_tokens):
+            nxt = _sample(last, temperature, top_k, generator)
+            out.append(nxt.unsqueeze(1))
+            if i + 1 < max_new_tokens:
+                last = self.step(nxt, caches)
+        return torch.cat(out, 1)
+
+
+def _sample(logits: Tensor, temperature: float, top_k: int | None,
+            generator: torch.Generator | None) -> Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> float:

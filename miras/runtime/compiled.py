@@ -7,6 +7,7 @@ the recurrence recipe and the hyper-parameter slots. This class only wires tenso
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,13 @@ from torch import Tensor
 
 from miras.runtime import attention, features, fused
 from miras.runtime import memory as mem
-from miras.runtime.engine import State, initial_state, run_chunked, run_reference
+from miras.runtime.attention import KVState, cat_kv
+from miras.runtime.engine import State, cat_states, initial_state, run_chunked, run_reference
 
 Backend = Literal["reference", "chunk", "triton"]
+#: What ``functional`` and ``step`` carry between calls: the memory's recurrent state, or
+#: the key/value cache of non-parametric memory (attention).
+AnyState = State | KVState
 
 
 @dataclass(frozen=True)
@@ -177,8 +182,12 @@ class Compiled:
 
     def initial_state(self, batch: int, heads: int, head_dim: int, *,
                       params: dict[str, Tensor] | None = None, dtype: torch.dtype =
-                      torch.float32, device: torch.device | str = "cpu") -> State:
-        """The state before the first token (memory weights from ``params`` or the init)."""
+                      torch.float32, device: torch.device | str = "cpu") -> AnyState:
+        """The state before the first token (memory weights from ``params`` or the init;
+        an empty key/value cache for non-parametric memory)."""
+        if self.nonparametric is not None:
+            empty = torch.zeros(batch, heads, 0, head_dim, dtype=dtype, device=device)
+            return KVState(empty, empty.clone())
         params = params or {}
         infos = self.params(heads, head_dim)
         w = {}
@@ -191,10 +200,10 @@ class Compiled:
         return initial_state(self.module.RECIPE, w)
 
     def functional(self, q: Tensor, k: Tensor, v: Tensor, *,
-                   initial_state: State | None = None, output_final_state: bool = True,
+                   initial_state: AnyState | None = None, output_final_state: bool = True,
                    backend: Backend | None = None, params: dict[str, Tensor] | None = None,
-                   chunk_size: int | None = None, **gates: Tensor
-                   ) -> tuple[Tensor, State | None]:
+                   chunk_size: int | None = None, cu_seqlens: Tensor | None = None,
+                   **gates: Tensor) -> tuple[Tensor, AnyState | None]:
         """Run the memory over ``q, k, v`` ``[B, T, H, D]``; gates by role name.
 
         Returns ``(o [B, T, H, D], final_state)``. ``backend="reference"`` is the
@@ -203,42 +212,170 @@ class Compiled:
         default on CUDA for a fused spec; otherwise one warning line says why and the chunk
         form runs). All compute the same values.
         ``chunk_size`` overrides the spec's chunk length (1: the exact per-token recurrence).
+
+        ``initial_state`` continues an earlier call, also inside a chunk: a call over a
+        prompt, then calls over the next tokens (or :meth:`step`), equal one call over the
+        whole sequence (with the same ``chunk_size``). Non-parametric memory carries a
+        key/value cache (``KVState``).
+
+        ``cu_seqlens`` (``[N + 1]`` cumulative lengths, starting at 0 and ending at ``T``,
+        with ``B == 1``) packs ``N`` documents: each runs alone from its own initial state,
+        with chunks counted from its start. ``initial_state`` then has a batch of ``N``
+        (one row per document) or 1 (shared); the final state has one row per document
+        (batch ``N``), ready for :meth:`step` on ``N`` continuations.
         """
         params = params or {}
         B, _T, H, D = q.shape
         if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
             raise ValueError(f"q, k, v must be [B, T, H, D]; got {tuple(q.shape)}, "
                              f"{tuple(k.shape)}, {tuple(v.shape)}")
+        if cu_seqlens is not None:
+            run = {"backend": backend, "params": params, "chunk_size": chunk_size}
+            return self._packed(q, k, v, cu_seqlens, initial_state, output_final_state, run,
+                                gates)
         vals = self._values(q, gates, params)
-        qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
-        if self.nonparametric is not None:
-            np_ = self.nonparametric
-            o = attention.attend(qh, kh, vh, kernel=np_["kernel"], scale=np_["scale"],
-                                 degree=np_["degree"], normalize=np_["normalize"],
-                                 window=np_["window"])
-            return o.transpose(1, 2), None
-        fns = self.module.make_fns(params, D)
         state = initial_state if initial_state is not None else self.initial_state(
             B, H, D, params=params, dtype=q.dtype, device=q.device)
+        if state.batch != B:
+            raise ValueError(f"initial_state has a batch of {state.batch}; the input has {B}")
+        qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))
+        if self.nonparametric is not None:
+            if not isinstance(state, KVState):
+                raise TypeError(f"{self.name} is non-parametric: its state is a KVState")
+            np_ = self.nonparametric
+            o, kv = attention.attend_cached(
+                qh, kh, vh, state if state.k.shape[2] else None, kernel=np_["kernel"],
+                scale=np_["scale"], degree=np_["degree"], normalize=np_["normalize"],
+                window=np_["window"])
+            return o.transpose(1, 2), (kv if output_final_state else None)
+        if not isinstance(state, State):
+            raise TypeError(f"{self.name} has a parametric memory: its state is a State")
+        fns = self.module.make_fns(params, D)
         chunk = int(chunk_size or self.module.CHUNK)
         if backend is None:
             backend = "triton" if q.is_cuda and self.fused else "chunk"
         if backend == "triton":
-            if not self.fused or state.window is not None:
+            why_not = self.fused_reason or self._unfusable(state)
+            if why_not:
                 if not self._warned:
-                    fused.fallback(self.name, self.fused_reason or "a window tail in the "
-                                   "initial state is not fused")
+                    fused.fallback(self.name, why_not)
                     self._warned = True
                 backend = "chunk"
             elif (why := fused.can_run(q)) is not None:
                 raise ValueError(why)
             else:
-                o, final = fused.run(self.kernels, self.module.RECIPE, fns, qh, kh, vh, vals,
-                                     state, chunk, output_final_state)
-                return o.transpose(1, 2), final
+                return self._fused(fns, qh, kh, vh, vals, state, chunk, output_final_state)
         run = run_reference if backend == "reference" else run_chunked
         o, final = run(self.module.RECIPE, fns, qh, kh, vh, vals, state, chunk)
         return o.transpose(1, 2), (final if output_final_state else None)
+
+    @staticmethod
+    def _unfusable(state: State) -> str:
+        """Why the kernels cannot start from ``state`` (empty: they can)."""
+        if state.window is not None:
+            return "a window tail in the initial state is not fused"
+        if state.partial is not None or (state.pos is not None and bool(state.pos.any())):
+            return "the initial state ends inside a chunk"
+        return ""
+
+    def _fused(self, fns: Any, q: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tensor],
+               state: State, chunk: int, output_final_state: bool
+               ) -> tuple[Tensor, State | None]:
+        """The fused kernels over whole chunks; a last partial chunk, when the final state
+        is wanted, runs the PyTorch chunk form from the kernels' state, so that the state
+        records where the chunk stopped (its anchor) and the next call continues it."""
+        T = q.shape[2]
+        tail = T % chunk if output_final_state else 0
+        main = T - tail
+        recipe = self.module.RECIPE
+        if main == 0:
+            o, final = run_chunked(recipe, fns, q, k, v, vals, state, chunk)
+            return o.transpose(1, 2), final
+
+        def part(x: Tensor, sl: slice) -> Tensor:
+            return x[:, :, sl]
+
+        head = slice(0, main)
+        o, final = fused.run(self.kernels, recipe, fns, part(q, head), part(k, head),
+                             part(v, head), {n: part(x, head) for n, x in vals.items()},
+                             state, chunk, output_final_state or bool(tail))
+        if tail:
+            rest = slice(main, T)
+            assert final is not None
+            o2, final = run_chunked(recipe, fns, part(q, rest), part(k, rest), part(v, rest),
+                                    {n: part(x, rest) for n, x in vals.items()}, final, chunk)
+            o = torch.cat([o, o2], 2)
+        return o.transpose(1, 2), final
+
+    def _packed(self, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor,
+                initial_state: AnyState | None, output_final_state: bool,
+                run: dict[str, Any], gates: dict[str, Tensor]
+                ) -> tuple[Tensor, AnyState | None]:
+        """``functional`` over packed documents: each alone, then joined."""
+        bounds = check_cu_seqlens(cu_seqlens, q.shape[0], q.shape[1])
+        n = len(bounds) - 1
+        if initial_state is not None and initial_state.batch not in (1, n):
+            raise ValueError(f"initial_state has a batch of {initial_state.batch}; with "
+                             f"cu_seqlens it needs one row per sequence ({n}) or 1")
+        outs, finals = [], []
+        for i in range(n):
+            a, b = bounds[i], bounds[i + 1]
+            init = initial_state
+            if init is not None and init.batch == n > 1:
+                init = init.select(slice(i, i + 1))
+            if b == a:  # an empty document: its state is its initial state
+                finals.append(init if init is not None else self.initial_state(
+                    1, q.shape[2], q.shape[3], params=run["params"], dtype=q.dtype,
+                    device=q.device))
+                continue
+            o, st = self.functional(q[:, a:b], k[:, a:b], v[:, a:b], initial_state=init,
+                                    **run, **{g: x[:, a:b] for g, x in gates.items()})
+            outs.append(o)
+            finals.append(st)
+        o = torch.cat(outs, 1) if outs else q.new_zeros(*q.shape[:3], v.shape[3])
+        if not output_final_state:
+            return o, None
+        if self.nonparametric is not None:
+            return o, cat_kv(finals)  # type: ignore[arg-type]
+        return o, cat_states(finals)  # type: ignore[arg-type]
+
+    def step(self, q_t: Tensor, k_t: Tensor, v_t: Tensor, state: AnyState | None = None, *,
+             params: dict[str, Tensor] | None = None, chunk_size: int | None = None,
+             **gates: Tensor) -> tuple[Tensor, AnyState]:
+        """One token of recurrent decoding: ``q_t, k_t, v_t`` ``[B, H, D]``, gates ``[B, H]``
+        (or ``[B, H, D]`` channel-wise) → ``(o_t [B, H, D], state)``.
+
+        The token-by-token reference on one token, continuing ``state`` (``None``: the
+        initial state) from wherever it stands in its chunk; the memory branch holds O(1)
+        memory per token (the chunk's anchor and running terms, the window's last ``c − 1``
+        tokens). Non-parametric memory appends to a key/value cache (kept to the window).
+        Rows of a state joined from packed documents may sit at different chunk positions.
+        """
+        if q_t.dim() != 3:
+            raise ValueError(f"step takes one token: q_t, k_t, v_t [B, H, D]; got q_t "
+                             f"{tuple(q_t.shape)}")
+        one = {g: x.unsqueeze(1) for g, x in gates.items()}
+        o, st = self.functional(q_t.unsqueeze(1), k_t.unsqueeze(1), v_t.unsqueeze(1),
+                                initial_state=state, backend="reference", params=params,
+                                chunk_size=chunk_size, **one)
+        assert st is not None
+        return o[:, 0], st
+
+
+def check_cu_seqlens(cu: Tensor, batch: int, total: int) -> list[int]:
+    """The boundaries of packed documents, or a clear error."""
+    if not isinstance(cu, Tensor) or cu.dim() != 1 or cu.is_floating_point() or cu.numel() < 2:
+        raise ValueError("cu_seqlens must be a 1-D integer tensor [N + 1] of cumulative "
+                         "lengths, e.g. tensor([0, 5, 12])")
+    if batch != 1:
+        raise ValueError(f"with cu_seqlens the documents are packed along T: the batch must be "
+                         f"1, got {batch}")
+    bounds = [int(x) for x in cu.tolist()]
+    if bounds[0] != 0 or bounds[-1] != total or any(
+            b < a for a, b in itertools.pairwise(bounds)):
+        raise ValueError(f"cu_seqlens must start at 0, not decrease and end at T = {total}; "
+                         f"got {bounds}")
+    return bounds
 
 
 def inverse_act(act: str, y: float) -> float:

@@ -21,6 +21,12 @@ chunks it is the chunk-anchored approximation of [T] Eq 16, [M] Eq 28 and [A] Eq
 nonlinear retention applied from the chunk start ([M] §5.4: Moneta's normalisation and
 Memora's softmax at chunk boundaries; for KL the first token of each chunk is a chunk of its
 own — Memora's lag token, [M] Eq 30).
+
+Chunks are counted from the start of the sequence, not of a call: a state records where its
+call stopped in the chunk grid (``State.pos``) and the anchor and running terms of an
+unfinished chunk (``State.partial``), and the next call continues that chunk. So splitting
+a sequence anywhere (a prompt, then one token per call: decoding) gives the same outputs
+as one call over all of it.
 """
 
 from __future__ import annotations
@@ -86,15 +92,38 @@ class Fns:
     reg_grad: Map | None = None  # G′, the gradient of a user regulariser
 
 
+Window = tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]
+
+
+@dataclass
+class Partial:
+    """An unfinished chunk: what its remaining tokens need (module doc, steps 1-3)."""
+
+    start: Weights  # Θ₀, where the chunk's inner gradients are taken
+    base: Weights  # the retention base: Θ₀, or A₀ for accumulator retentions
+    beta: Tensor  # β so far, [B, H, 1|D]
+    acc: Weights  # U^acc so far
+
+
 @dataclass
 class State:
-    """The recurrent state: memory weights, momentum and accumulator, per ``[B, H]``."""
+    """The recurrent state, per ``[B, ...]``: memory weights, momentum, accumulator, and
+    where the next token falls in the chunk grid.
+
+    A call that ends inside a chunk leaves ``pos`` (tokens of that chunk already seen, per
+    batch row) and ``partial`` (the chunk's anchor and running terms), so that the next call
+    (or :func:`run_reference` on one token: decoding) continues that chunk exactly as one
+    call over the whole sequence would. ``partial`` is ``None`` when the next token starts
+    a chunk (or Memora's lag token). The chunk size must stay the same across calls.
+    """
 
     weights: Weights
     momentum: Weights | None = None
     accum: Weights | None = None
     # the window's previous tokens: (φ(k), k, v, {slot: value}) of the last c − 1 tokens
-    window: tuple[Tensor, Tensor, Tensor, dict[str, Tensor]] | None = None
+    window: Window | None = None
+    pos: Tensor | None = None  # [B] int64; None: every row at a chunk start
+    partial: Partial | None = None
 
     def tensors(self) -> dict[str, Tensor]:
         out = {f"weights.{n}": t for n, t in self.weights.items()}
@@ -102,6 +131,31 @@ class State:
             if w is not None:
                 out.update({f"{prefix}.{n}": t for n, t in w.items()})
         return out
+
+    @property
+    def batch(self) -> int:
+        return next(iter(self.weights.values())).shape[0]
+
+    def select(self, idx: Tensor | slice) -> State:
+        """The rows ``idx`` of the batch (a state for those sequences only)."""
+        p = self.partial
+        return State(
+            _take(self.weights, idx),
+            None if self.momentum is None else _take(self.momentum, idx),
+            None if self.accum is None else _take(self.accum, idx),
+            None if self.window is None else (*(t[idx] for t in self.window[:3]),
+                                              _take(self.window[3], idx)),
+            None if self.pos is None else self.pos[idx],
+            None if p is None else Partial(_take(p.start, idx), _take(p.base, idx),
+                                           p.beta[idx], _take(p.acc, idx)))
+
+
+def _take(w: dict[str, Tensor], idx: Tensor | slice) -> dict[str, Tensor]:
+    return {n: t[idx] for n, t in w.items()}
+
+
+def _join(ws: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {n: torch.cat([w[n] for w in ws]) for n in ws[0]}
 
 
 def initial_state(recipe: Recipe, weights: Weights) -> State:
@@ -112,6 +166,74 @@ def initial_state(recipe: Recipe, weights: Weights) -> State:
         # A is the pre-image of W: for ℓq the initial accumulator equals the weights.
         accum = dict(weights)
     return State(weights, zeros if recipe.uses_momentum else None, accum)
+
+
+def _fresh(s: State) -> Partial:
+    """The running terms of a chunk that starts at ``s``: continuing them starts anew."""
+    base = s.accum if s.accum is not None else s.weights
+    some = next(iter(s.weights.values()))
+    return Partial(s.weights, base, some.new_ones(s.batch, some.shape[1], 1),
+                   ops.zeros_like(base))
+
+
+def cat_states(states: list[State]) -> State:
+    """States of separate sequences as one batch (rows in order).
+
+    Rows may sit at different chunk positions (their ``pos`` differ; :func:`run_reference`
+    and :func:`run_chunked` then run each position group separately) and hold windows of
+    different lengths: shorter ones are padded in front with tokens of window weight
+    ``γ = 0``, which add nothing to any gradient.
+    """
+    part = None
+    if any(s.partial is not None for s in states):
+        ps = [s.partial or _fresh(s) for s in states]
+        width = max(p.beta.shape[-1] for p in ps)  # per-head and channel-wise β
+        part = Partial(_join([p.start for p in ps]), _join([p.base for p in ps]),
+                       torch.cat([p.beta.expand(*p.beta.shape[:-1], width) for p in ps]),
+                       _join([p.acc for p in ps]))
+    wins = [s.window for s in states]
+    window = None
+    if any(w is not None for w in wins):
+        like = next(w for w in wins if w is not None)
+        length = max(w[0].shape[2] for w in wins if w is not None)
+        padded = [_pad_window(w, like, length, s.batch) for w, s in zip(wins, states, strict=True)]
+        window = (*(torch.cat([w[i] for w in padded]) for i in range(3)),
+                  _join([w[3] for w in padded]))
+    pos = None
+    if any(s.pos is not None for s in states):
+        pos = torch.cat([s.pos if s.pos is not None else torch.zeros(
+            s.batch, dtype=torch.long, device=_device(s)) for s in states])
+    mom = [s.momentum for s in states if s.momentum is not None]
+    acc = [s.accum for s in states if s.accum is not None]
+    return State(_join([s.weights for s in states]), _join(mom) if mom else None,
+                 _join(acc) if acc else None, window, pos, part)
+
+
+def _device(s: State) -> torch.device:
+    return next(iter(s.weights.values())).device
+
+
+def _pad_window(w: Window | None, like: Window, length: int, batch: int) -> Window:
+    """Pad a window in front to ``length`` tokens that carry ``γ = 0`` (no gradient)."""
+    if w is None:
+        w = (*(t.new_zeros(batch, t.shape[1], 0, *t.shape[3:]) for t in like[:3]),
+             {n: t.new_zeros(batch, t.shape[1], 0, t.shape[3]) for n, t in like[3].items()})
+    kf, k, v, vals = w
+    n_tok = kf.shape[2]
+    vals = dict(vals)
+    if "gamma" not in vals:  # γ = 1 unless the spec weights its window
+        vals["gamma"] = kf.new_ones(batch, kf.shape[1], n_tok, 1)
+    extra = length - n_tok
+    if extra == 0:
+        return kf, k, v, vals
+
+    def pad(t: Tensor, value: float) -> Tensor:
+        return torch.cat([t.new_full((t.shape[0], t.shape[1], extra, *t.shape[3:]), value), t],
+                         2)
+
+    # pad values of 1 (not 0) keep divisions in a bias gradient finite; γ = 0 zeroes them
+    out = {n: pad(t, 0.0 if n == "gamma" else 1.0) for n, t in vals.items()}
+    return pad(kf, 0.0), pad(k, 0.0), pad(v, 0.0), out
 
 
 def _at(vals: dict[str, Tensor], name: str, sl: slice, like: Tensor, default: float) -> Tensor:
@@ -129,6 +251,29 @@ class _Runner:
         self.act_grad = fns.act_grad or _autograd_derivative(fns.act)
 
     # ---- pieces -------------------------------------------------------------------------
+
+    def position(self, state: State, chunk: int) -> tuple[int, Partial | None]:
+        """Where the first token falls in the chunk grid (the same for every row), and the
+        unfinished chunk it continues (``None``: it starts one)."""
+        if state.pos is None or state.pos.numel() == 0:
+            return 0, None
+        p = int(state.pos[0])
+        if p >= chunk:
+            raise ValueError(f"the state is {p} tokens into a chunk, but the chunk size is "
+                             f"{chunk}: continue with the chunk size that produced it")
+        if _starts_group(p, chunk, self.r.lag_token):
+            return p, None
+        return p, state.partial
+
+    def final(self, state: State, p0: int, T: int, chunk: int, part: Partial | None
+              ) -> State:
+        """``state`` with the chunk position after ``T`` more tokens (and the running terms
+        of the last chunk when it is unfinished)."""
+        p = (p0 + T) % chunk
+        some = next(iter(state.weights.values()))
+        state.pos = torch.full((some.shape[0],), p, dtype=torch.long, device=some.device)
+        state.partial = None if _starts_group(p, chunk, self.r.lag_token) else part
+        return state
 
     def alpha(self, vals: dict[str, Tensor], sl: slice, like: Tensor) -> Tensor:
         """Retention factors ``α`` of a token range (1 where the retention has none)."""
@@ -187,17 +332,16 @@ class _Runner:
                   state: State, chunk: int) -> tuple[Tensor, State]:
         r, shape = self.r, self.r.memory
         qf, kf = self.f.feature(q), self.f.feature(k)
-        B, H, T, _ = q.shape
+        T = q.shape[2]
         c = r.window
         kf_all, kr_all, v_all, vals_all, off = _extend(state, kf, k, v, vals)
         theta, mom, acc_state = state.weights, state.momentum, state.accum
+        p0, part = self.position(state, chunk)
         outs = []
-        for t0, t1 in _chunks(T, chunk, r.lag_token):
-            base = acc_state if r.uses_accumulator else theta
-            assert base is not None
-            start = theta
-            beta = torch.ones(B, H, 1, dtype=q.dtype, device=q.device)
-            acc = ops.zeros_like(base)
+        for t0, t1 in _groups(T, chunk, r.lag_token, p0):
+            if t0 > 0 or part is None:
+                part = _fresh(State(theta, None, acc_state))
+            start, base, beta, acc = part.start, part.base, part.beta, part.acc
             prev = theta
             for t in range(t0, t1):
                 sl = slice(t, t + 1)
@@ -248,9 +392,10 @@ class _Runner:
             theta = cur
             if a_t is not None:
                 acc_state = a_t
+            part = Partial(start, base, beta, acc)
         o = torch.cat(outs, 2)
         new_window = _window_tail(c, kf_all, kr_all, v_all, vals_all)
-        return o, State(theta, mom, acc_state, new_window)
+        return o, self.final(State(theta, mom, acc_state, new_window), p0, T, chunk, part)
 
 
     # ---- the exact chunk form (WY / UT transform) ------------------------------------------
@@ -321,7 +466,7 @@ class _Runner:
             outs.append(read_scale.unsqueeze(-1) * (qc @ w.transpose(-1, -2)) + scores @ u)
             tail = torch.exp(cum[..., -1:] - cum)  # γ_n/γ_i
             w = gam[..., -1:].unsqueeze(-1) * w + (u * tail.unsqueeze(-1)).transpose(-1, -2) @ kc
-        return torch.cat(outs, 2), State({"W": w}, None, None, None)
+        return torch.cat(outs, 2), self.final(State({"W": w}), 0, T, 1, None)
 
     # ---- the dual (matmul) form -----------------------------------------------------------
 
@@ -347,9 +492,15 @@ class _Runner:
         T = q.shape[2]
         c = r.window
         kf_all, kr_all, v_all, vals_all, off = _extend(state, kf, k, v, vals)
+        # Linear retention: Θ_t = (Π α) Θ_p + (the chunk's new terms), so the running weights
+        # Θ_p carry an unfinished chunk; only the gradients need its start Θ₀.
         theta, mom = state.weights, state.momentum
+        p0, part = self.position(state, chunk)
         outs = []
-        for t0, t1 in _chunks(T, chunk, False):
+        for t0, t1 in _groups(T, chunk, False, p0):
+            if t0 > 0 or part is None:
+                part = _fresh(State(theta))
+            start = part.start
             n = t1 - t0
             sl = slice(t0, t1)
             g0, g1 = max(0, t0 + off - (c - 1)), t1 + off
@@ -363,11 +514,11 @@ class _Runner:
                 lr_s = torch.ones_like(alpha)
             else:
                 lr_s = lr[..., 0]
-            y0, trace = mem.forward(shape, theta, kf_all[:, :, gsl], kr_all[:, :, gsl],
+            y0, trace = mem.forward(shape, start, kf_all[:, :, gsl], kr_all[:, :, gsl],
                                     self.f.act)
             dy = self.f.bias_grad(y0, v_all[:, :, gsl], kr_all[:, :, gsl],
                                   {nm: x[:, :, gsl] for nm, x in vals_all.items()}) * scale_dy
-            factors = mem.backward(shape, theta, trace, dy, self.act_grad)
+            factors = mem.backward(shape, start, trace, dy, self.act_grad)
             # coefficients (log space for the decay products)
             tri = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
             cum = torch.cumsum(torch.log(alpha.clamp_min(1e-30)), -1)
@@ -416,18 +567,24 @@ class _Runner:
             upd = mem.contract(shape, factors, last)
             b_last = beta[:, :, -1:]
             new = {nm: ops.channel_scale(shape, nm, theta[nm], b_last) + upd[nm] for nm in theta}
+            # U^acc of the chunk so far (β_rel U^acc_p + this group's terms), for a later call
+            acc = {nm: ops.channel_scale(shape, nm, part.acc[nm], b_last) + upd[nm]
+                   for nm in theta}
             if mom is not None and s_coef is not None:
                 s_last = s_coef[:, :, -1:]
                 new = {nm: new[nm] + ops.channel_scale(shape, nm, mom[nm], s_last)
                        for nm in new}
+                acc = {nm: acc[nm] + ops.channel_scale(shape, nm, mom[nm], s_last)
+                       for nm in acc}
                 e = -(d2[:, :, -1] * lr_s) @ band  # [B, H, m]
                 mupd = mem.contract(shape, factors, e)
                 mom = {nm: ops.channel_scale(shape, nm, mom[nm], torch.exp(cm[:, :, -1:]))
                        + mupd[nm] for nm in mom}
             theta = new
+            part = Partial(start, start, part.beta * b_last, acc)
         o = torch.cat(outs, 2)
         new_window = _window_tail(c, kf_all, kr_all, v_all, vals_all)
-        return o, State(theta, mom, state.accum, new_window)
+        return o, self.final(State(theta, mom, state.accum, new_window), p0, T, chunk, part)
 
     # ---- the chunk-parallel form ---------------------------------------------------------
 
@@ -448,17 +605,19 @@ class _Runner:
         c = r.window
         kf_all, kr_all, v_all, vals_all, off = _extend(state, kf, k, v, vals)
         theta, mom, acc_state = state.weights, state.momentum, state.accum
+        p0, part = self.position(state, chunk)
         outs = []
-        for t0, t1 in _chunks(T, chunk, r.lag_token):
+        for t0, t1 in _groups(T, chunk, r.lag_token, p0):
             n = t1 - t0
             sl = slice(t0, t1)
-            base = acc_state if r.uses_accumulator else theta
-            assert base is not None
+            if t0 > 0 or part is None:
+                part = _fresh(State(theta, None, acc_state))
+            base = part.base
             alpha = self.alpha(vals, sl, q)  # [B, H, n, 1|D]
-            beta = _cumprod(alpha)
+            beta = part.beta.unsqueeze(2) * _cumprod(alpha)
             lr = self.lr(vals, sl, kf)
             # anchor per token: [B, H, n, ...] when decayed, else the chunk start
-            tok = {nm: x.unsqueeze(2) for nm, x in theta.items()}
+            tok = {nm: x.unsqueeze(2) for nm, x in part.start.items()}
             anchor = ops.scale(shape, tok, beta) if r.decay_at == "decayed" else tok
             g = None
             once = c > 1 and r.decay_at == "prev" and (r.algorithm == "muon"
@@ -502,8 +661,8 @@ class _Runner:
                                        for nm, x in vals_all.items()})
                 dy = dy * scale_dy.unsqueeze(-2)
                 factors = mem.backward(shape, anchor, trace, dy, self.act_grad)
-                part = mem.contract(shape, factors, torch.ones_like(dy[..., 0]))
-                g = part if g is None else ops.add(g, part)
+                term = mem.contract(shape, factors, torch.ones_like(dy[..., 0]))
+                g = term if g is None else ops.add(g, term)
             assert g is not None
             if r.algorithm in ("gd", "implicit_gd"):
                 u = {nm: -x for nm, x in g.items()}
@@ -520,7 +679,7 @@ class _Runner:
                                                -lr) for nm, x in s_all.items()}
             if r.retention == "user" and self.f.reg_grad is not None:
                 u = {nm: u[nm] - self.f.reg_grad(anchor[nm]).expand_as(u[nm]) for nm in u}
-            acc = {nm: _scan(shape, nm, x, alpha, None) for nm, x in u.items()}
+            acc = {nm: _scan(shape, nm, x, alpha, part.acc[nm]) for nm, x in u.items()}
             thr = _at(vals, "threshold", sl, q, 0.0)
             base_tok = {nm: x.unsqueeze(2) for nm, x in base.items()}
             cur = self.retain(base_tok, beta, acc, thr)
@@ -535,9 +694,11 @@ class _Runner:
             if r.uses_accumulator:
                 acc_state = {nm: ops.channel_scale(shape, nm, base[nm], beta[:, :, -1])
                              + acc[nm][:, :, -1] for nm in base}
+            part = Partial(part.start, base, beta[:, :, -1],
+                           {nm: x[:, :, -1] for nm, x in acc.items()})
         o = torch.cat(outs, 2)
         new_window = _window_tail(c, kf_all, kr_all, v_all, vals_all)
-        return o, State(theta, mom, acc_state, new_window)
+        return o, self.final(State(theta, mom, acc_state, new_window), p0, T, chunk, part)
 
 
 def _cumprod(a: Tensor) -> Tensor:
@@ -582,8 +743,11 @@ def _extend(state: State, kf: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tens
     if state.window is None:
         return kf, k, v, vals, 0
     pk, pr, pv, pvals = state.window
+    new = dict(vals)
+    if "gamma" in pvals and "gamma" not in new:  # a padded window (see cat_states)
+        new["gamma"] = kf.new_ones(*kf.shape[:3], 1)
     return (torch.cat([pk, kf], 2), torch.cat([pr, k], 2), torch.cat([pv, v], 2),
-            {n: torch.cat([pvals[n], t], 2) for n, t in vals.items()}, pk.shape[2])
+            {n: torch.cat([pvals[n], t], 2) for n, t in new.items()}, pk.shape[2])
 
 
 def _window_tail(c: int, kf: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tensor]
@@ -600,14 +764,22 @@ def _window_tail(c: int, kf: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tenso
 _DECAYING = frozenset({"decay", "lq", "kl", "bregman", "elastic_net"})
 
 
-def _chunks(T: int, size: int, lag: bool) -> list[tuple[int, int]]:
+def _starts_group(p: int, size: int, lag: bool) -> bool:
+    """Whether the token at chunk position ``p`` starts a new anchor (a chunk, or the rest of
+    one after Memora's lag token)."""
+    return p == 0 or (lag and size > 1 and p == 1)
+
+
+def _groups(T: int, size: int, lag: bool, pos: int = 0) -> list[tuple[int, int]]:
+    """Token ranges sharing one anchor, for ``T`` tokens whose first sits at chunk
+    position ``pos``: the chunk grid, with the lag token of each chunk on its own."""
     out = []
-    for t0 in range(0, T, size):
-        t1 = min(T, t0 + size)
-        if lag and t1 - t0 > 1:
-            out += [(t0, t0 + 1), (t0 + 1, t1)]
-        else:
-            out.append((t0, t1))
+    t = 0
+    while t < T:
+        p = (pos + t) % size
+        end = t + 1 if lag and size > 1 and p == 0 else t + size - p
+        out.append((t, min(end, T)))
+        t = out[-1][1]
     return out
 
 
@@ -629,10 +801,11 @@ def run_reference(recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: Tensor,
 
     ``q, k, v`` are ``[B, H, T, D]``; ``vals`` maps slot names (``lr``, ``decay``,
     ``momentum``, ``gamma``, ``delta``, ``threshold``, user parameters) to ``[B, H, T, 1|D]``.
+    A ``state`` left inside a chunk by an earlier call is continued (see :class:`State`);
+    on one token this is recurrent decoding.
     """
-    if recipe.exact:
-        chunk = 1
-    return _Runner(recipe, fns).reference(q, k, v, vals, state, chunk)
+    runner = _Runner(recipe, fns)
+    return _by_position(runner.reference, q, k, v, vals, state, 1 if recipe.exact else chunk)
 
 
 def run_chunked(recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: Tensor,
@@ -647,5 +820,27 @@ def run_chunked(recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: Tensor,
     if recipe.exact:
         if runner.exact_ok(vals):
             return runner.exact_chunk(q, k, v, vals, state, chunk)
-        return runner.reference(q, k, v, vals, state, 1)
-    return runner.chunked(q, k, v, vals, state, chunk)
+        return _by_position(runner.reference, q, k, v, vals, state, 1)
+    return _by_position(runner.chunked, q, k, v, vals, state, chunk)
+
+
+Run = Callable[[Tensor, Tensor, Tensor, dict[str, Tensor], State, int], tuple[Tensor, State]]
+
+
+def _by_position(run: Run, q: Tensor, k: Tensor, v: Tensor, vals: dict[str, Tensor],
+                 state: State, chunk: int) -> tuple[Tensor, State]:
+    """``run`` once per group of rows at the same chunk position (rows of states that
+    :func:`cat_states` joined may differ), then the rows back in order."""
+    pos = state.pos
+    if pos is None or pos.numel() == 0 or bool((pos == pos[0]).all()):
+        return run(q, k, v, vals, state, chunk)
+    outs, states, rows = [], [], []
+    for p in torch.unique(pos).tolist():
+        idx = (pos == p).nonzero()[:, 0]
+        o, s = run(q[idx], k[idx], v[idx], {n: x[idx] for n, x in vals.items()},
+                   state.select(idx), chunk)
+        outs.append(o)
+        states.append(s)
+        rows.append(idx)
+    back = torch.argsort(torch.cat(rows))
+    return torch.cat(outs)[back], cat_states(states).select(back)

@@ -73,7 +73,15 @@ CASES = [
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-30))
+
+
+def _case(m: str, ret: str, alg: str, at: str, win: int) -> tuple[Recipe, Fns]:
+    """The recipe of one of CASES (Memora's lag token with KL, read-before with a window)."""
+    rec = Recipe(SHAPES[m], retention=ret, decay_at=at, algorithm=alg, window=win,
+                 lq_r=4 / 3, lag_token=ret == "kl", read_before=win == 3)
+    fns = Fns(_l2, mirror=lambda w: torch.log(w) + 1, mirror_inv=lambda u: torch.exp(u - 1))
+    return rec, fns
 
 
 @pytest.mark.parametrize(("m", "ret", "alg", "at", "win", "ch"), CASES[::3],
@@ -81,9 +89,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_chunk_form_equals_chunk_anchored_reference(m, ret, alg, at, win, ch) -> None:
     q, k, v, g = _inputs(len(m) + len(ret))
     vals = _vals(g, ch)
-    rec = Recipe(SHAPES[m], retention=ret, decay_at=at, algorithm=alg, window=win,
-                 lq_r=4 / 3, lag_token=ret == "kl", read_before=win == 3)
-    fns = Fns(_l2, mirror=lambda w: torch.log(w) + 1, mirror_inv=lambda u: torch.exp(u - 1))
+    rec, fns = _case(m, ret, alg, at, win)
     w0 = _weights(rec.memory)
     for chunk in (1, 4):
         o1, s1 = run_reference(rec, fns, q, k, v, vals, initial_state(rec, w0), chunk)
