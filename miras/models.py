@@ -1,7 +1,9 @@
 """A small language model with any compiled spec as its sequence mixer, for experiments.
 
 Llama-style blocks ([M] §5.4): pre-norm RMSNorm, the Miras layer, residual; RMSNorm, SwiGLU
-MLP, residual; a final RMSNorm and a head tied to the embeddings.
+MLP, residual; a final RMSNorm and a head tied to the embeddings. A spec's hybrid is built by
+``Compiled.layer`` (MAC, MAG, MAL); ``samba(window)`` ("-H" models) alternates memory blocks
+and sliding-window attention blocks, memory first.
 
 >>> import miras, torch
 >>> c = miras.compile("model m { memory = matrix  bias = l2  retention = none  algorithm = gd }")
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from miras.runtime.compiled import Compiled
-from miras.runtime.layer import MirasLayer
+from miras.runtime.hybrid import SlidingWindowAttention
 
 
 class SwiGLU(nn.Module):
@@ -34,11 +36,14 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm mixer and SwiGLU, each with a residual; ``mixer`` defaults to the spec's layer."""
+
     def __init__(self, compiled: Compiled, d_model: int, heads: int | None,
-                 backend: str | None) -> None:
+                 backend: str | None, mixer: nn.Module | None = None) -> None:
         super().__init__()
         self.norm1 = nn.RMSNorm(d_model, eps=1e-6)
-        self.mixer = MirasLayer(compiled, d_model, heads, backend=backend)
+        self.mixer = mixer if mixer is not None else compiled.layer(d_model, heads,
+                                                                    backend=backend)
         self.norm2 = nn.RMSNorm(d_model, eps=1e-6)
         self.mlp = SwiGLU(d_model)
 
@@ -60,9 +65,21 @@ class LM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.blocks = nn.ModuleList(Block(compiled, d_model, heads, backend)
-                                    for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(compiled, d_model, heads, backend,
+                                          self._samba_attention(compiled, d_model, heads, i))
+                                    for i in range(layers))
         self.norm = nn.RMSNorm(d_model, eps=1e-6)
+
+    @staticmethod
+    def _samba_attention(compiled: Compiled, d_model: int, heads: int | None, index: int
+                         ) -> nn.Module | None:
+        # samba: odd blocks are sliding-window attention with the memory layer's head layout
+        hybrid = compiled.hybrid
+        if hybrid.kind != "samba" or index % 2 == 0:
+            return None
+        h = heads or compiled.module.HEADS or max(1, d_model // 64)
+        return SlidingWindowAttention(d_model, h, compiled.module.HEAD_DIM or d_model // h,
+                                      window=hybrid.window)
 
     def forward(self, tokens: Tensor) -> Tensor:
         x = self.embed(tokens)
