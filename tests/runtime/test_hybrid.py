@@ -275,7 +275,7 @@ def test_hybrid_examples_build_and_train(name: str) -> None:
 @pytest.mark.parametrize("hybrid", ["mac(segment=8, persistent=2)", "mag(window=8, persistent=2)",
                                     "mal(window=8, persistent=2)", "samba(window=8)"])
 def test_tiny_mqar_loss_decreases(hybrid: str) -> None:
-    r = train(spec(hybrid), task="mqar", steps=25, batch=16, seq_len=16, vocab=16,
+    r = train(spec(hybrid), task="mqar", steps=15, batch=8, seq_len=16, vocab=16,
               d_model=16, heads=2, lr=1e-2, seed=0)
     first, last = sum(r["losses"][:3]) / 3, sum(r["losses"][-3:]) / 3
     assert last < first - 0.1, r["losses"]
