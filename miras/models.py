@@ -1,7 +1,9 @@
 """A small language model with any compiled spec as its sequence mixer, for experiments.
 
 Llama-style blocks ([M] §5.4): pre-norm RMSNorm, the Miras layer, residual; RMSNorm, SwiGLU
-MLP, residual; a final RMSNorm and a head tied to the embeddings.
+MLP, residual; a final RMSNorm and a head tied to the embeddings. A spec's hybrid is built by
+``Compiled.layer`` (MAC, MAG, MAL); ``samba(window)`` ("-H" models) alternates memory blocks
+and sliding-window attention blocks, memory first.
 
 >>> import miras, torch
 >>> c = miras.compile("model m { memory = matrix  bias = l2  retention = none  algorithm = gd }")
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from miras.runtime.compiled import Compiled
+from miras.runtime.hybrid import SlidingWindowAttention
 from miras.runtime.layer import MirasLayer
 
 
@@ -34,18 +37,29 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm mixer and SwiGLU, each with a residual; ``mixer`` defaults to the spec's layer."""
+
     def __init__(self, compiled: Compiled, d_model: int, heads: int | None,
-                 backend: str | None, chunk_size: int | None = None) -> None:
+                 backend: str | None, mixer: nn.Module | None = None,
+                 chunk_size: int | None = None) -> None:
         super().__init__()
         self.norm1 = nn.RMSNorm(d_model, eps=1e-6)
-        self.mixer = MirasLayer(compiled, d_model, heads, backend=backend,
-                                chunk_size=chunk_size)
+        self.mixer = mixer if mixer is not None else compiled.layer(
+            d_model, heads, backend=backend, chunk_size=chunk_size)
         self.norm2 = nn.RMSNorm(d_model, eps=1e-6)
         self.mlp = SwiGLU(d_model)
 
     def forward(self, x: Tensor, state: Any = None, return_state: bool = False,
                 cu_seqlens: Tensor | None = None) -> Any:
-        h, new = self.mixer(self.norm1(x), state, return_state=True, cu_seqlens=cu_seqlens)
+        xn = self.norm1(x)
+        if isinstance(self.mixer, MirasLayer):
+            h, new = self.mixer(xn, state, return_state=True, cu_seqlens=cu_seqlens)
+        elif cu_seqlens is not None:
+            raise ValueError("cu_seqlens is not supported with hybrid attention layers yet")
+        elif state is None and not return_state:
+            h, new = self.mixer(xn), None
+        else:
+            h, new = self._stepped(xn, state)
         x = x + h
         x = x + self.mlp(self.norm2(x))
         return (x, new) if return_state else x
@@ -53,6 +67,17 @@ class Block(nn.Module):
     def init_cache(self, batch: int, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> Any:
         return self.mixer.init_cache(batch, device, dtype)
+
+    def _stepped(self, xn: Tensor, cache: Any) -> tuple[Tensor, Any]:
+        # hybrid mixers build their decoding cache token by token (the prefill of
+        # generate()); their step equals their parallel forward (tests/runtime/test_hybrid)
+        if cache is None:
+            cache = self.mixer.init_cache(xn.shape[0], xn.device, xn.dtype)
+        ys = []
+        for t in range(xn.shape[1]):
+            y, cache = self.mixer.step(xn[:, t], cache)
+            ys.append(y)
+        return torch.stack(ys, 1), cache
 
     def step(self, x_t: Tensor, cache: Any) -> tuple[Tensor, Any]:
         h, cache = self.mixer.step(self.norm1(x_t), cache)
@@ -74,9 +99,22 @@ class LM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.blocks = nn.ModuleList(Block(compiled, d_model, heads, backend, chunk_size)
-                                    for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(compiled, d_model, heads, backend,
+                                          self._samba_attention(compiled, d_model, heads, i),
+                                          chunk_size)
+                                    for i in range(layers))
         self.norm = nn.RMSNorm(d_model, eps=1e-6)
+
+    @staticmethod
+    def _samba_attention(compiled: Compiled, d_model: int, heads: int | None, index: int
+                         ) -> nn.Module | None:
+        # samba: odd blocks are sliding-window attention with the memory layer's head layout
+        hybrid = compiled.hybrid
+        if hybrid.kind != "samba" or index % 2 == 0:
+            return None
+        h = heads or compiled.module.HEADS or max(1, d_model // 64)
+        return SlidingWindowAttention(d_model, h, compiled.module.HEAD_DIM or d_model // h,
+                                      window=hybrid.window)
 
     def forward(self, tokens: Tensor, caches: list[Any] | None = None, *,
                 return_caches: bool = False, cu_seqlens: Tensor | None = None) -> Any:
@@ -85,9 +123,13 @@ class LM(nn.Module):
         packs documents along ``T`` (``B == 1``; see ``MirasLayer.forward``)."""
         x = self.embed(tokens)
         new = []
+        want = return_caches or caches is not None
         for i, block in enumerate(self.blocks):
-            x, c = block(x, None if caches is None else caches[i], return_state=True,
-                         cu_seqlens=cu_seqlens)
+            if want:
+                x, c = block(x, None if caches is None else caches[i], return_state=True,
+                             cu_seqlens=cu_seqlens)
+            else:
+                x, c = block(x, cu_seqlens=cu_seqlens), None
             new.append(c)
         logits = self.head(x)
         return (logits, new) if return_caches else logits

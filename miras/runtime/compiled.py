@@ -74,6 +74,7 @@ class Compiled:
         self.source: str = module.SPEC_TEXT
         self.nonparametric: dict[str, Any] | None = getattr(module, "NONPARAMETRIC", None)
         self.slots: list[dict[str, Any]] = list(module.SLOTS)
+        self._hybrid: Any = None
 
     def __repr__(self) -> str:
         return f"Compiled({self.name!r}, hash={self.hash[:12]}, module={self.path!r})"
@@ -134,12 +135,24 @@ class Compiled:
                                                shape.init != "zeros")
         return out
 
+    @property
+    def hybrid(self) -> Any:
+        """The spec's ``hybrid`` (an IR node: ``kind`` none, mac, mag, mal or samba)."""
+        if self._hybrid is None:
+            from miras import load
+
+            # the generated module keeps the canonical spec text, not the IR
+            self._hybrid = load(self.source, self.name).hybrid
+        return self._hybrid
+
     def layer(self, d_model: int, heads: int | None = None, head_dim: int | None = None,
               **kwargs: Any) -> torch.nn.Module:
-        """The sequence-mixing layer around this memory (a ``MirasLayer``)."""
-        from miras.runtime.layer import MirasLayer
+        """The sequence-mixing layer: the spec's hybrid (``MACLayer``, ``MAGLayer``,
+        ``MALLayer``) or the memory layer alone (``MirasLayer``; also for ``samba``, whose
+        attention layers :class:`miras.models.LM` interleaves). See ``miras.runtime.hybrid``."""
+        from miras.runtime.hybrid import build_layer
 
-        return MirasLayer(self, d_model, heads, head_dim, **kwargs)
+        return build_layer(self, d_model, heads, head_dim, **kwargs)
 
     # ---- running ------------------------------------------------------------------------
 
