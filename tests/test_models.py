@@ -123,6 +123,22 @@ def test_generate_greedy_equals_repeated_full_forwards() -> None:
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("spec", ["titans_mag", "titans_mac", "moneta_h"])
+def test_generate_with_hybrids_equals_repeated_full_forwards(spec: str) -> None:
+    lm = _lm(f"examples/{spec}.miras", backend="reference")
+    prompt = torch.randint(0, 13, (2, 5), generator=torch.Generator().manual_seed(2))
+    out = lm.generate(prompt, 4)
+    seq = prompt
+    for _ in range(4):
+        seq = torch.cat([seq, lm(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, seq)
+    _, caches = lm(seq[:, :6], return_caches=True)
+    step = lm.step(seq[:, 6], caches)
+    full = lm(seq[:, :7])[:, -1]
+    assert float((step - full).norm() / full.norm()) < 1e-9
+
+
+@torch.no_grad()
 def test_generate_samples_within_top_k() -> None:
     lm = _lm("examples/gated_deltanet.miras")
     prompt = torch.randint(0, 13, (3, 4), generator=torch.Generator().manual_seed(3))
