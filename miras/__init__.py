@@ -27,6 +27,7 @@ from pathlib import Path
 
 from miras import ast, ir
 from miras.diagnostics import Diagnostic, MirasError
+from miras.explorer import Result, explore, format_table
 from miras.parse import parse_bytes, parse_text
 from miras.spec import Spec, space
 from miras.validate import Checked, check_file, check_text
@@ -38,11 +39,14 @@ __all__ = [
     "Compiled",
     "Diagnostic",
     "MirasError",
+    "Result",
     "Spec",
     "__version__",
     "ast",
     "check",
     "compile",
+    "explore",
+    "format_table",
     "ir",
     "load",
     "parse",

@@ -273,6 +273,7 @@ class Task(str, Enum):
     mqar = "mqar"
     copy = "copy"
     niah = "niah"
+    noisy_mqar = "noisy_mqar"
 
 
 @app.command()
@@ -318,6 +319,97 @@ def train(
     typer.echo(f"{m.name} on {task.value}: {steps} steps, final loss {result['final_loss']:.4f}, "
                f"accuracy {result['accuracy']:.3f} (chance {result['chance']:.3f}), "
                f"{result['tokens_per_s']:.0f} tokens/s, {result['parameters']} parameters")
+
+
+@app.command()
+def explore(
+    file: Annotated[Path, typer.Argument(help="a .miras file with a sweep block, or a base "
+                                         "model to vary with --vary", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory (results, plots, "
+                                      "and the record that lets a rerun resume)")],
+    vary: Annotated[list[str] | None, typer.Option(
+        "--vary", help="FIELD=VALUE,VALUE,... (repeatable; .miras values, e.g. "
+        "bias=l2,lp(3),huber)")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="sweep block to run "
+                                              "(default: the last one)")] = None,
+    model: ModelOpt = None,
+    task: Annotated[list[Task] | None, typer.Option(
+        "--task", help="task (repeatable; overrides the sweep's)")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="training steps per "
+                                              "run (overrides the sweep's)")] = None,
+    lengths: Annotated[str | None, typer.Option("--lengths", help="context lengths, e.g. "
+                                                "32,64,128 (trained at the first)")] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="seed (repeatable)")] = None,
+) -> None:
+    """Train every variant of a sweep on synthetic tasks; write tables and plots to --out."""
+    from miras import explorer
+    from miras.sweep import Sweep
+
+    try:
+        sw = explorer.load_sweep(file, sweep, model)
+    except MirasError as err:
+        _report(err.diagnostics, err.sources, Format.text)
+        raise typer.Exit(1) from None
+    changes: dict[str, Any] = {}
+    if task:
+        changes["tasks"] = tuple(dict.fromkeys(t.value for t in task))
+    if steps is not None:
+        changes["steps"] = steps
+    if seed:
+        changes["seeds"] = tuple(dict.fromkeys(seed))
+    if lengths is not None:
+        changes["lengths"] = _lengths(lengths)
+    settings = sw.settings.with_(**changes)
+    varied = dict(sw.vary)
+    for option in vary or ():
+        fname, values = _vary_option(option, sw)
+        varied[fname] = values
+    sw = Sweep(sw.name, sw.base, varied, settings)
+
+    def echo(line: str) -> None:
+        typer.echo(line, err=True)
+
+    try:
+        results = explorer.run_sweep(sw, out=out, progress=True, echo=echo)
+    except MirasError as err:
+        _report(err.diagnostics, err.sources, Format.text)
+        raise typer.Exit(1) from None
+    typer.echo(explorer.format_table(results), nl=False)
+    ran = sum(r.status == "ok" and not r.resumed for r in results)
+    resumed = sum(r.resumed for r in results)
+    skipped = sum(r.status != "ok" for r in results)
+    typer.echo(f"{ran} run(s) trained, {resumed} resumed, {skipped} invalid or failed; "
+               f"results in {out}")
+
+
+def _lengths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not 8 <= v <= 65536 for v in values):
+        typer.echo(f"error: --lengths takes integers from 8 to 65536 separated by commas, "
+                   f"not {text!r}", err=True)
+        raise typer.Exit(2)
+    return tuple(dict.fromkeys(values))
+
+
+def _vary_option(option: str, sw: Any) -> tuple[str, tuple[Any, ...]]:
+    """``FIELD=V1,V2`` → the field and its IR values (diagnostics exit 1)."""
+    from miras.explorer import parse_values
+
+    fname, eq, values = option.partition("=")
+    fname = fname.strip()
+    if not eq or not fname or not values.strip():
+        d = Diagnostic("error", "E163", f"malformed --vary {option!r}: expected "
+                       "FIELD=VALUE,VALUE,... such as bias=l2,lp(3),huber", None)
+        _report([d], {}, Format.text)
+        raise typer.Exit(1)
+    try:
+        return fname, parse_values(sw.base, fname, [values], f"<--vary {fname}>")
+    except MirasError as err:
+        _report(err.diagnostics, err.sources, Format.text)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:
