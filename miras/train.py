@@ -59,24 +59,28 @@ def train(compiled: Compiled, *, task: str = "mqar", steps: int = 200, batch: in
           seq_len: int = 64, vocab: int = 64, d_model: int = 64, layers: int = 2,
           heads: int | None = None, lr: float = 3e-3, seed: int = 0, backend: str | None = None,
           eval_batches: int = 4, progress: Callable[[int, float], None] | None = None,
-          noise: float = 0.25, eval_lengths: tuple[int, ...] = ()) -> dict[str, Any]:
+          noise: float = 0.25, eval_lengths: tuple[int, ...] = (),
+          device: str | torch.device | None = None) -> dict[str, Any]:
     """Train on ``task`` for ``steps`` steps (AdamW, cosine decay); evaluate on fresh data.
 
     Returns ``{"losses", "accuracy", "accuracy_by_length", "chance", "tokens_per_s", ...}``:
     ``accuracy`` is measured at ``seq_len``, ``accuracy_by_length`` at ``seq_len`` and every
     length of ``eval_lengths``. Deterministic for a given seed on one machine. ``batch`` is
     the global batch: under ``torch.distributed`` each of the N ranks trains on batch/N rows.
+    ``device`` (default: the CPU) is where the model and its batches live.
     """
     rank, size = world()
     torch.manual_seed(seed)
     info = tasks.info(task, vocab, seq_len)
-    model = LM(compiled, vocab, d_model=d_model, layers=layers, heads=heads, backend=backend)
+    dev = torch.device(device or "cpu")
+    model = LM(compiled, vocab, d_model=d_model, layers=layers, heads=heads,
+               backend=backend).to(dev)
     net: nn.Module = model
     if size > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         # Replicas start equal (same seed); DDP broadcasts rank 0's weights all the same.
-        net = DistributedDataParallel(model)
+        net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, steps // 10))
@@ -89,7 +93,7 @@ def train(compiled: Compiled, *, task: str = "mqar", steps: int = 200, batch: in
         x, y = tasks.make_batch(task, batch=batch, seq_len=seq_len, vocab=vocab, generator=gen,
                                 noise=noise)
         scored = int((y != tasks.IGNORE).sum())
-        x, y = shard(x, rank, size), shard(y, rank, size)
+        x, y = shard(x, rank, size).to(dev), shard(y, rank, size).to(dev)
         loss = shard_loss(net(x), y, scored, size)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -126,5 +130,6 @@ def evaluate(model: nn.Module, task: str, *, batch: int, seq_len: int, vocab: in
         for _ in range(batches):
             x, y = tasks.make_batch(task, batch=batch, seq_len=seq_len, vocab=vocab,
                                     generator=gen, noise=noise)
-            accs.append(accuracy(model(x), y))
+            dev = next(model.parameters()).device
+            accs.append(accuracy(model(x.to(dev)), y.to(dev)))
     return sum(accs) / len(accs)
