@@ -237,3 +237,15 @@ def test_python_api_takes_text_values_and_builders() -> None:
     with pytest.raises(miras.MirasError) as info:
         miras.explore(BASE, vary={"bias": ["lpp(3)"]}, budget=1)
     assert info.value.codes == ["E101"]
+
+
+def test_example_sweeps_check_and_are_canonical() -> None:
+    root = Path(__file__).parent.parent / "examples" / "sweeps"
+    files = sorted(root.glob("*.miras"))
+    assert files
+    for path in files:
+        text = path.read_text()
+        assert format_text(text, str(path)) == text, path
+        sweep = explorer.load_sweep(path)
+        assert sweep.vary and all(v for v in sweep.vary.values())
+        assert all(isinstance(s, miras.Spec) for s in explorer.variants(sweep))
