@@ -5,8 +5,8 @@ A small, notebook-style reproduction of a qualitative claim of the Miras paper (
 memory less than the l2 bias does, so recall should degrade less when the context contains
 corrupted key→value writes.
 
-Run it from the repository root (a few minutes on a 2-core CPU; the same sweep as
-``miras explore examples/sweeps/robust_recall.miras -o runs/robust_recall``):
+Run it from the repository root (4 runs of about 2 minutes each on an idle 2-core CPU; the
+same sweep as ``miras explore examples/sweeps/robust_recall.miras -o runs/robust_recall``):
 
     python examples/explore_recall.py [OUT]
 """
