@@ -33,6 +33,7 @@ from miras.diagnostics import Diagnostic, MirasError
 
 if TYPE_CHECKING:
     from miras import ast, ir
+    from miras.explorer import Result, explore, format_table
     from miras.parse import parse_bytes, parse_text
     from miras.runtime.compiled import Compiled
     from miras.spec import Spec, space
@@ -45,11 +46,14 @@ __all__ = [
     "Compiled",
     "Diagnostic",
     "MirasError",
+    "Result",
     "Spec",
     "__version__",
     "ast",
     "check",
     "compile",
+    "explore",
+    "format_table",
     "ir",
     "load",
     "parse",
@@ -72,6 +76,8 @@ _LAZY = {
     "Checked": ("miras.validate", "Checked"), "check_file": ("miras.validate", "check_file"),
     "check_text": ("miras.validate", "check_text"),
     "compile": ("miras.compiler", "compile"), "Compiled": ("miras.runtime.compiled", "Compiled"),
+    "explore": ("miras.explorer", "explore"), "Result": ("miras.explorer", "Result"),
+    "format_table": ("miras.explorer", "format_table"),
 }
 
 

@@ -24,12 +24,14 @@ __all__ = [
     "FormulaDef",
     "Include",
     "Item",
+    "ListExpr",
     "ModelDef",
     "Name",
     "Number",
     "Param",
     "SourceFile",
     "String",
+    "SweepDef",
     "Unary",
     "to_json",
 ]
@@ -91,7 +93,15 @@ class Call:
     span: Span
 
 
-Expr = Number | String | Name | Unary | Binary | Compare | Call
+@dataclass(frozen=True)
+class ListExpr:
+    """``[a, b, c]``: the values of one field of a ``sweep`` block (allowed nowhere else)."""
+
+    items: tuple[Expr, ...]
+    span: Span
+
+
+Expr = Number | String | Name | Unary | Binary | Compare | Call | ListExpr
 
 
 @dataclass(frozen=True)
@@ -133,7 +143,16 @@ class Include:
     span: Span
 
 
-Item = ModelDef | FormulaDef | Include
+@dataclass(frozen=True)
+class SweepDef:
+    """``sweep NAME { field = value ... }``: a design-space exploration (see miras.sweep)."""
+
+    name: Name
+    fields: tuple[Field, ...]
+    span: Span
+
+
+Item = ModelDef | FormulaDef | Include | SweepDef
 
 
 @dataclass(frozen=True)

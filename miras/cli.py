@@ -303,6 +303,7 @@ class Task(str, Enum):
     mqar = "mqar"
     copy = "copy"
     niah = "niah"
+    noisy_mqar = "noisy_mqar"
 
 
 @app.command()
@@ -320,34 +321,188 @@ def train(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     model: ModelOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="processes: >1 launches "
+                                       "torchrun, DDP with one data shard per rank")] = 1,
 ) -> None:
     """Train a small LM with the spec as mixer on a synthetic task; print loss and accuracy."""
     checked = _load(file)
     m = _pick(checked.program, model)
+    if batch % nproc:
+        typer.echo(f"error: --batch {batch} does not divide among --nproc {nproc} processes",
+                   err=True)
+        raise typer.Exit(2)
     try:
         compiled = miras.compile(file, m.name)
     except MirasError as err:
         _report(err.diagnostics, err.sources, Format.text)
         raise typer.Exit(1) from None
+    if nproc > 1:
+        # Every rank re-runs this command under torchrun (which sets WORLD_SIZE); the spec
+        # is compiled above first, so that the ranks find it in the module cache.
+        args = [str(file), "--task", task.value, "--steps", str(steps), "--batch", str(batch),
+                "--seq-len", str(seq_len), "--vocab", str(vocab), "--d-model", str(d_model),
+                "--layers", str(layers), "--heads", str(heads), "--lr", repr(lr),
+                "--seed", str(seed), "--model", m.name, *(["--json"] if as_json else [])]
+        raise typer.Exit(_torchrun(nproc, args))
     from miras.train import train as run
 
+    rank, device = _join_process_group()
     kwargs = dict(task=task.value, steps=steps, batch=batch, seq_len=seq_len, vocab=vocab,
-                  d_model=d_model, layers=layers, heads=heads, lr=lr, seed=seed)
-    if as_json:
-        result = run(compiled, **kwargs)
-    else:
-        from rich.progress import Progress
-
-        with Progress(transient=True) as bar:
-            job = bar.add_task(f"{m.name} on {task.value}", total=steps)
-            result = run(compiled, **kwargs, progress=lambda step, loss: bar.update(
-                job, advance=1, description=f"{m.name} on {task.value}  loss {loss:.3f}"))
+                  d_model=d_model, layers=layers, heads=heads, lr=lr, seed=seed, device=device)
+    try:
+        if as_json or rank > 0:
+            result = run(compiled, **kwargs)
+        else:
+            result = _train_with_bar(run, compiled, m.name, task.value, steps, kwargs)
+    finally:
+        _leave_process_group()
+    if rank > 0:
+        return  # rank 0 prints for all
     if as_json:
         typer.echo(json.dumps(result))
         return
     typer.echo(f"{m.name} on {task.value}: {steps} steps, final loss {result['final_loss']:.4f}, "
                f"accuracy {result['accuracy']:.3f} (chance {result['chance']:.3f}), "
-               f"{result['tokens_per_s']:.0f} tokens/s, {result['parameters']} parameters")
+               f"{result['tokens_per_s']:.0f} tokens/s, {result['parameters']} parameters"
+               + (f", {result['processes']} processes" if result["processes"] > 1 else ""))
+
+
+def _train_with_bar(run: Any, compiled: Any, name: str, task: str, steps: int,
+                    kwargs: dict[str, Any]) -> dict[str, Any]:
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        job = bar.add_task(f"{name} on {task}", total=steps)
+        return run(compiled, **kwargs, progress=lambda step, loss: bar.update(  # type: ignore[no-any-return]
+            job, advance=1, description=f"{name} on {task}  loss {loss:.3f}"))
+
+
+def _torchrun(nproc: int, args: list[str]) -> int:
+    """Run ``miras train ARGS`` in ``nproc`` processes under torchrun; its exit status."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "miras", "train", *args]
+    try:
+        code = subprocess.call(cmd)
+    except KeyboardInterrupt:  # pragma: no cover
+        return 130
+    return 0 if code == 0 else 1
+
+
+def _join_process_group() -> tuple[int, str | None]:
+    """Under torchrun: join the process group (NCCL on GPUs, gloo on CPUs); rank, device."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, None
+    import torch
+    import torch.distributed as dist
+
+    device = None
+    if torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device else "gloo")
+    return dist.get_rank(), device
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@app.command()
+def explore(
+    file: Annotated[Path, typer.Argument(help="a .miras file with a sweep block, or a base "
+                                         "model to vary with --vary", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory (results, plots, "
+                                      "and the record that lets a rerun resume)")],
+    vary: Annotated[list[str] | None, typer.Option(
+        "--vary", help="FIELD=VALUE,VALUE,... (repeatable; .miras values, e.g. "
+        "bias=l2,lp(3),huber)")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="sweep block to run "
+                                              "(default: the last one)")] = None,
+    model: ModelOpt = None,
+    task: Annotated[list[Task] | None, typer.Option(
+        "--task", help="task (repeatable; overrides the sweep's)")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="training steps per "
+                                              "run (overrides the sweep's)")] = None,
+    lengths: Annotated[str | None, typer.Option("--lengths", help="context lengths, e.g. "
+                                                "32,64,128 (trained at the first)")] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="seed (repeatable)")] = None,
+) -> None:
+    """Train every variant of a sweep on synthetic tasks; write tables and plots to --out."""
+    from miras import explorer
+    from miras.sweep import Sweep
+
+    try:
+        sw = explorer.load_sweep(file, sweep, model)
+    except MirasError as err:
+        _report(err.diagnostics, err.sources, Format.text)
+        raise typer.Exit(1) from None
+    changes: dict[str, Any] = {}
+    if task:
+        changes["tasks"] = tuple(dict.fromkeys(t.value for t in task))
+    if steps is not None:
+        changes["steps"] = steps
+    if seed:
+        changes["seeds"] = tuple(dict.fromkeys(seed))
+    if lengths is not None:
+        changes["lengths"] = _lengths(lengths)
+    settings = sw.settings.with_(**changes)
+    varied = dict(sw.vary)
+    for option in vary or ():
+        fname, values = _vary_option(option, sw)
+        varied[fname] = values
+    sw = Sweep(sw.name, sw.base, varied, settings)
+
+    def echo(line: str) -> None:
+        typer.echo(line, err=True)
+
+    try:
+        results = explorer.run_sweep(sw, out=out, progress=True, echo=echo)
+    except MirasError as err:
+        _report(err.diagnostics, err.sources, Format.text)
+        raise typer.Exit(1) from None
+    typer.echo(explorer.format_table(results), nl=False)
+    ran = sum(r.status == "ok" and not r.resumed for r in results)
+    resumed = sum(r.resumed for r in results)
+    skipped = sum(r.status != "ok" for r in results)
+    typer.echo(f"{ran} run(s) trained, {resumed} resumed, {skipped} invalid or failed; "
+               f"results in {out}")
+
+
+def _lengths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or any(not 8 <= v <= 65536 for v in values):
+        typer.echo(f"error: --lengths takes integers from 8 to 65536 separated by commas, "
+                   f"not {text!r}", err=True)
+        raise typer.Exit(2)
+    return tuple(dict.fromkeys(values))
+
+
+def _vary_option(option: str, sw: Any) -> tuple[str, tuple[Any, ...]]:
+    """``FIELD=V1,V2`` → the field and its IR values (diagnostics exit 1)."""
+    from miras.explorer import parse_values
+
+    fname, eq, values = option.partition("=")
+    fname = fname.strip()
+    if not eq or not fname or not values.strip():
+        d = Diagnostic("error", "E163", f"malformed --vary {option!r}: expected "
+                       "FIELD=VALUE,VALUE,... such as bias=l2,lp(3),huber", None)
+        _report([d], {}, Format.text)
+        raise typer.Exit(1)
+    try:
+        return fname, parse_values(sw.base, fname, [values], f"<--vary {fname}>")
+    except MirasError as err:
+        _report(err.diagnostics, err.sources, Format.text)
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

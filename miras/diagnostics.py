@@ -73,6 +73,11 @@ CODES: dict[str, str] = {
     "E135": "incompatible hybrid declaration",
     # code generation
     "E150": "the symbolic derivation failed (no closed form, or a form it cannot handle)",
+    # sweeps and `miras explore`
+    "E160": "a list of values outside a sweep block",
+    "E161": "invalid sweep setting (an empty list, a repeated value, a value out of place)",
+    "E162": "a corrupted or foreign results file in an explore output directory",
+    "E163": "malformed --vary option (expected FIELD=VALUE,VALUE,...)",
     # warnings
     "W201": "unused parameter",
     "W202": "dead field (it has no effect)",

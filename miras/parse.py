@@ -42,7 +42,7 @@ _TOKEN_TEXT = {
     "COMMA": "','", "CIRCUMFLEX": "'^'", "NAME": "a name", "NUMBER": "a number",
     "STRING": "a string", "ADD_OP": "'+' or '-'", "MUL_OP": "'*' or '/'",
     "COMPARE": "a comparison", "$END": "end of file", "MODEL": "'model'",
-    "INCLUDE": "'include'", "_EXTENDS": "'extends'",
+    "INCLUDE": "'include'", "_EXTENDS": "'extends'", "LSQB": "'['", "RSQB": "']'",
 }
 
 
@@ -101,12 +101,14 @@ class _Builder(Transformer_NonRecursive):
         return ast.Field(self._name(name), value, self._span(meta))
 
     @v_args(meta=True)
-    def formula_def(self, meta: Any, children: list[Any]) -> ast.FormulaDef:
+    def formula_def(self, meta: Any, children: list[Any]) -> ast.FormulaDef | ast.SweepDef:
         kind, name, params, *body = children
+        if str(kind) == "sweep":
+            return self._sweep(meta, name, params, body)
         if str(kind) not in _DEF_KINDS:
             raise _SyntaxProblem(Diagnostic(
                 "error", "E001", f"unexpected name '{kind}' at the top level; expected 'model', "
-                f"{', '.join(repr(k) for k in _DEF_KINDS)} or 'include'",
+                f"{', '.join(repr(k) for k in _DEF_KINDS)}, 'sweep' or 'include'",
                 self._tok_span(kind)))
         value: ast.Expr | tuple[ast.Field, ...]
         if len(body) == 1 and not isinstance(body[0], ast.Field):
@@ -123,6 +125,24 @@ class _Builder(Transformer_NonRecursive):
                 self._tok_span(name)))
         return ast.FormulaDef(str(kind), self._name(name), params, value,  # type: ignore[arg-type]
                               self._span(meta))
+
+    def _sweep(self, meta: Any, name: Token, params: Any, body: list[Any]) -> ast.SweepDef:
+        # A sweep shares the formula_def rule (its kind is a plain name, so that 'sweep'
+        # stays usable as an identifier); only the block form without parameters is one.
+        if params is not None:
+            raise _SyntaxProblem(Diagnostic(
+                "error", "E001", f"a sweep takes no parameters; write 'sweep {name} {{ ... }}'",
+                self._tok_span(name)))
+        if len(body) == 1 and not isinstance(body[0], ast.Field):
+            raise _SyntaxProblem(Diagnostic(
+                "error", "E001",
+                f"a sweep is a block; write 'sweep {name} {{ field = value ... }}'",
+                self._tok_span(name)))
+        return ast.SweepDef(self._name(name), tuple(body), self._span(meta))
+
+    @v_args(meta=True)
+    def list_expr(self, meta: Any, children: list[Any]) -> ast.ListExpr:
+        return ast.ListExpr(tuple(c for c in children if c is not None), self._span(meta))
 
     def params(self, children: list[Any]) -> tuple[ast.Param, ...]:
         return tuple(c for c in children if c is not None)
@@ -298,7 +318,7 @@ def _check_nesting(text: str, path: str) -> None:
             chains = [chains[0], chains[1] + 1, 0]
         elif ch == "^":
             chains[2] += 1
-        elif ch in "({":
+        elif ch in "({[":
             depth += 1
             if depth > MAX_DEPTH:
                 raise MirasError([Diagnostic(
@@ -306,7 +326,7 @@ def _check_nesting(text: str, path: str) -> None:
                     Span.point(path, line, col))], {path: text})
             saved.append(chains)
             chains = [0, 0, 0]
-        elif ch in ")}":
+        elif ch in ")}]":
             depth = max(0, depth - 1)
             chains = saved.pop() if saved else [0, 0, 0]
         else:  # ',', '=', a comparison or a stray character: a new expression starts
@@ -325,27 +345,42 @@ def _expr_children(node: object) -> tuple[object, ...]:
         return (node.left, node.right)
     if isinstance(node, ast.Call):
         return tuple(a.value for a in node.args)
+    if isinstance(node, ast.ListExpr):
+        return node.items
     return ()
 
 
 def _check_depth(items: tuple[ast.Item, ...], path: str, text: str) -> None:
-    """Reject expressions deeper than MAX_DEPTH operators (iteratively, without recursion)."""
+    """Reject expressions deeper than MAX_DEPTH operators (iteratively, without recursion),
+    and lists anywhere but as the whole value of a sweep's field (E160)."""
     roots: list[object] = []
+    list_ok: set[int] = set()  # ids of the lists that stand where a list is allowed
     for item in items:
-        if isinstance(item, ast.ModelDef):
+        if isinstance(item, ast.SweepDef):
+            roots += [f.value for f in item.fields]
+            list_ok |= {id(f.value) for f in item.fields if isinstance(f.value, ast.ListExpr)}
+        elif isinstance(item, ast.ModelDef):
             roots += [f.value for f in item.fields]
         elif isinstance(item, ast.FormulaDef):
             roots += [f.value for f in item.body] if isinstance(item.body, tuple) else [item.body]
             roots += [p.default for p in item.params or () if p.default is not None]
     stack = [(r, 1) for r in roots]
+    misplaced: list[Diagnostic] = []
     while stack:
         node, depth = stack.pop()
+        if isinstance(node, ast.ListExpr) and id(node) not in list_ok:
+            misplaced.append(Diagnostic(
+                "error", "E160", "a list of values is only allowed as the value of a field of "
+                "a sweep block", node.span))
         if depth > MAX_DEPTH:
             span = getattr(node, "span", None)
             raise MirasError([Diagnostic(
                 "error", "E006", f"expression nested deeper than {MAX_DEPTH} operators", span)],
                 {path: text})
         stack += [(c, depth + 1) for c in _expr_children(node)]
+    if misplaced:
+        raise MirasError(sorted(misplaced, key=lambda d: d.span or Span("", 0, 0, 0, 0)),
+                         {path: text})
 
 
 def _syntax_diagnostic(exc: UnexpectedInput, path: str, text: str) -> Diagnostic:

@@ -80,6 +80,8 @@ def _ast_expr(node: ast.Expr) -> tuple[str, int]:
         return _binary(node.op, _ast_expr(node.left), _ast_expr(node.right))
     if isinstance(node, ast.Compare):
         return _compare(node.op, _ast_expr(node.left), _ast_expr(node.right))
+    if isinstance(node, ast.ListExpr):
+        return "[" + ", ".join(ast_expr(item) for item in node.items) + "]", _ATOM
     args = ", ".join(
         (f"{a.name.id}={ast_expr(a.value)}" if a.name is not None else ast_expr(a.value))
         for a in node.args
@@ -293,6 +295,9 @@ class _Formatter:
                 head += f" extends {node.extends.id}"
             self.block(head, node.fields, node.span)
             return
+        if isinstance(node, ast.SweepDef):
+            self.block(f"sweep {node.name.id}", node.fields, node.span)
+            return
         head = f"{node.kind} {node.name.id}"
         if node.params is not None:
             params = ", ".join(p.name.id if p.default is None
@@ -328,7 +333,7 @@ class _Formatter:
 
 
 def _is_block(node: Any) -> bool:
-    return isinstance(node, ast.ModelDef) or (
+    return isinstance(node, ast.ModelDef | ast.SweepDef) or (
         isinstance(node, ast.FormulaDef) and isinstance(node.body, tuple))
 
 

@@ -59,6 +59,8 @@ class Checked:
     warnings: list[Diagnostic]
     sources: dict[str, str]
     files: list[ast.SourceFile] = field(default_factory=list)
+    #: The sweep blocks by name (miras.sweep), in the order they are declared.
+    sweeps: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,6 +142,7 @@ class _Validator:
         self.user_defs: dict[str, dict[str, ast.FormulaDef]] = {
             "bias": {}, "retention": {}, "feature": {}, "act": {}}
         self.def_ir: dict[tuple[str, str], Any] = {}
+        self.sweeps: dict[str, Any] = {}
 
     # ---- reporting ----------------------------------------------------------------------
 
@@ -172,8 +175,18 @@ class _Validator:
         models: dict[str, ast.ModelDef] = {}
         model_order: list[ast.ModelDef] = []
         defs_order: list[ast.FormulaDef] = []
+        sweeps: dict[str, ast.SweepDef] = {}
         for item, _file in items:
-            if isinstance(item, ast.ModelDef):
+            if isinstance(item, ast.SweepDef):
+                if self.reserved(item.name, "sweep"):
+                    continue
+                prev_sweep = sweeps.get(item.name.id)
+                if prev_sweep is not None:
+                    self.error("E120", f"sweep '{item.name.id}' is defined twice", item.name.span,
+                               (("first defined here", prev_sweep.name.span),))
+                    continue
+                sweeps[item.name.id] = item
+            elif isinstance(item, ast.ModelDef):
                 if self.reserved(item.name, "model"):
                     continue
                 prev = models.get(item.name.id)
@@ -216,6 +229,16 @@ class _Validator:
             built = self.model(m, fields)
             if built is not None:
                 out_models.append(built)
+
+        if sweeps:
+            from miras.sweep import check_sweep
+
+            by_name = {m.name: m for m in out_models}
+            broken = set(models) - set(by_name)
+            for d in sweeps.values():
+                sweep = check_sweep(self, d, by_name, broken)
+                if sweep is not None:
+                    self.sweeps[sweep.name] = sweep
 
         return ir.Program(definitions=tuple(definitions), models=tuple(out_models))
 
@@ -1026,7 +1049,7 @@ def _run(load: Callable[[_Loader], list[tuple[ast.Item, str]]], root: str) -> Ch
     if errors:
         raise MirasError(v.diags, loader.sources)
     return Checked(program, v.origins, [d for d in v.diags if d.severity == "warning"],
-                   loader.sources, loader.files)
+                   loader.sources, loader.files, v.sweeps)
 
 
 def check_text(text: str, filename: str = "<string>", base: Path | None = None) -> Checked:

@@ -122,6 +122,10 @@ CASES: dict[str, Case] = {
     "E150": Case("retention odd() {\n  potential = exp(w) + w^3\n}\nmodel m {\n  memory = matrix\n"
                  "  bias = l2\n  retention = odd\n  algorithm = gd\n}", 7, 15,
                  message="no closed form", compile=True),
+    # ---- sweeps ---------------------------------------------------------------------------
+    "E160": Case(model("heads = [1, 2]"), 1, EXTRA + 8, message="only allowed as the value"),
+    "E161": Case(model() + "\nsweep s { base = m  bias = [] }", 2, 28,
+                 message="list of values of 'bias' is empty"),
     # ---- warnings (checked alone: a program with only warnings is valid) ----------------
     "W201": Case("bias b(c=1) = sum((y - v)^2)", 1, 8,
                  message="parameter 'c' of bias 'b' is not used"),
@@ -146,8 +150,21 @@ def diagnostics_of(case: Case, tmp_path: Path) -> tuple[list[Diagnostic], str]:
     return checked.warnings, report
 
 
+#: Codes of ``miras explore`` itself (its output directory and options), not of a spec: each
+#: is triggered, through the command line, by the test named here.
+EXPLORE_CASES = {
+    "E162": "tests/test_explore.py::test_corrupted_resume_file_is_a_diagnostic",
+    "E163": "tests/test_explore.py::test_cli_vary_and_its_diagnostics",
+}
+
+
 def test_every_code_has_a_case() -> None:
-    assert set(CASES) == set(CODES)
+    assert set(CASES) | set(EXPLORE_CASES) == set(CODES)
+    assert not set(CASES) & set(EXPLORE_CASES)
+    for code, where in EXPLORE_CASES.items():
+        path, test = where.split("::")
+        text = (Path(__file__).parent.parent / path).read_text()
+        assert f"def {test}(" in text and f"[{code}]" in text, (code, where)
 
 
 def test_codes_are_well_formed() -> None:

@@ -222,7 +222,7 @@ def test_unexpected_token(src: str, expected: tuple[str, int, int, str]) -> None
 
 @pytest.mark.parametrize(("src", "col", "shown"), [
     ("model m { a = 1; }", 16, ";"),
-    ("model m { a = [1] }", 15, "["),
+    ("model m { a = $1 }", 15, "$"),
     ("model m { a = os.system }", 17, "."),
     ("model m { a = 1 @ 2 }", 17, "@"),
     ("model m { a = 'x' }", 15, "'"),
@@ -289,7 +289,7 @@ def test_unterminated_string(src: str, col: int) -> None:
 
 @pytest.mark.parametrize(("src", "col", "message"), [
     ("foo x = 1", 1, "unexpected name 'foo' at the top level; expected 'model', 'bias', "
-                     "'retention', 'feature', 'act' or 'include'"),
+                     "'retention', 'feature', 'act', 'sweep' or 'include'"),
     ("import os = 1", 1, "unexpected name 'import' at the top level"),
     ("def f(x) = x", 1, "unexpected name 'def' at the top level"),
     ("bias b { regularizer = y }", 6, "only retention definitions have a block form; "
