@@ -62,6 +62,8 @@ class Plan:
     notes: tuple[str, ...] = field(default=())
     #: the fused Triton family and its symbolic pieces (:func:`miras.fusion.kernel_info`)
     kernel: dict[str, Any] = field(default_factory=dict)
+    #: the ``hybrid`` choice as plain data (``{"kind": "mac", "segment": 512, ...}``)
+    hybrid: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, ensure_ascii=False)
@@ -192,7 +194,7 @@ def build(m: ir.Model, program: ir.Program, spec_hash: str) -> Plan:
             feature_info=finfo,
             nonparametric={"kernel": npm.kernel, "scale": npm.scale, "degree": npm.degree,
                            "normalize": npm.normalize, "window": window},
-            kernel=fusion.kernel_info(m))
+            kernel=fusion.kernel_info(m), hybrid=m.hybrid.model_dump())
     slots, per_head, code_to_slot = _slots(m)
     bias = symbolic.bias_code(m.bias)
     bind = [(name, code_to_slot.get(name, name)) for name in bias["params"]]
@@ -214,7 +216,7 @@ def build(m: ir.Model, program: ir.Program, spec_hash: str) -> Plan:
         recipe=tuple(_recipe(m)), slots=tuple(slots), per_head=tuple(per_head),
         bias={"formula": bias["formula"], "bind": bind, "source": bias["source"].rstrip()},
         act=act, feature_info=finfo, feature_user=feature_user, mirror=mirror, reg_grad=reg,
-        kernel=fusion.kernel_info(m))
+        kernel=fusion.kernel_info(m), hybrid=m.hybrid.model_dump())
 
 
 def _uses(m: ir.Model, d: Any) -> bool:

@@ -11,7 +11,7 @@ import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any, Literal
 
 import torch
@@ -139,10 +139,8 @@ class Compiled:
     def hybrid(self) -> Any:
         """The spec's ``hybrid`` (an IR node: ``kind`` none, mac, mag, mal or samba)."""
         if self._hybrid is None:
-            from miras import load
-
-            # the generated module keeps the canonical spec text, not the IR
-            self._hybrid = load(self.source, self.name).hybrid
+            # plain data in the generated module: a stand-alone layer needs no parser
+            self._hybrid = SimpleNamespace(**self.module.HYBRID)
         return self._hybrid
 
     def layer(self, d_model: int, heads: int | None = None, head_dim: int | None = None,
@@ -313,11 +311,17 @@ class Compiled:
                              part(v, head), {n: part(x, head) for n, x in vals.items()},
                              state, chunk, output_final_state or bool(tail))
         if tail:
+            # the PyTorch form computes in the state's dtype (fp32 from the kernels)
             rest = slice(main, T)
             assert final is not None
-            o2, final = run_chunked(recipe, fns, part(q, rest), part(k, rest), part(v, rest),
-                                    {n: part(x, rest) for n, x in vals.items()}, final, chunk)
-            o = torch.cat([o, o2], 2)
+            dtype = next(iter(final.weights.values())).dtype
+
+            def cast(x: Tensor) -> Tensor:
+                return part(x, rest).to(dtype)
+
+            o2, final = run_chunked(recipe, fns, cast(q), cast(k), cast(v),
+                                    {n: cast(x) for n, x in vals.items()}, final, chunk)
+            o = torch.cat([o, o2.to(o.dtype)], 2)
         return o.transpose(1, 2), final
 
     def _packed(self, q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor,

@@ -189,7 +189,8 @@ def test_feature_dim_limit_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
         o, _ = c.functional(q, k, v, backend="triton", chunk_size=8)
     assert any(issubclass(w.category, fused.FallbackWarning) for w in rec)
     ref, _ = c.functional(q, k, v, backend="chunk", chunk_size=8)
-    torch.testing.assert_close(o, ref, rtol=0, atol=0)
+    # the whole chunks and the last partial one run as two calls: rounding may differ
+    torch.testing.assert_close(o, ref, rtol=1e-6, atol=1e-6)
 
 
 # ---- random user biases -------------------------------------------------------------------
