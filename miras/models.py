@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from miras.runtime.compiled import Compiled
-from miras.runtime.hybrid import SlidingWindowAttention
+from miras.runtime.hybrid import PACKED_CACHE_UNSUPPORTED, SlidingWindowAttention
 from miras.runtime.layer import MirasLayer
 
 
@@ -55,7 +55,10 @@ class Block(nn.Module):
         if isinstance(self.mixer, MirasLayer):
             h, new = self.mixer(xn, state, return_state=True, cu_seqlens=cu_seqlens)
         elif cu_seqlens is not None:
-            raise ValueError("cu_seqlens is not supported with hybrid attention layers yet")
+            # hybrids run packed documents without decoding caches (see miras.runtime.hybrid)
+            if state is not None or return_state:
+                raise ValueError(PACKED_CACHE_UNSUPPORTED)
+            h, new = self.mixer(xn, cu_seqlens=cu_seqlens), None
         elif state is None and not return_state:
             h, new = self.mixer(xn), None
         else:
@@ -120,7 +123,9 @@ class LM(nn.Module):
                 return_caches: bool = False, cu_seqlens: Tensor | None = None) -> Any:
         """Logits ``[B, T, vocab]``; with ``return_caches=True`` also the per-layer caches
         that :meth:`step` continues. ``caches`` continues earlier ones; ``cu_seqlens``
-        packs documents along ``T`` (``B == 1``; see ``MirasLayer.forward``)."""
+        packs documents along ``T`` (``B == 1``; see ``MirasLayer.forward``). With hybrid
+        attention layers (MAC/MAG/MAL, samba's attention blocks) packed documents run
+        without caches: ``cu_seqlens`` with ``caches`` or ``return_caches`` is a ValueError."""
         x = self.embed(tokens)
         new = []
         want = return_caches or caches is not None

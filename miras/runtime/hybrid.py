@@ -18,6 +18,14 @@ mask, or FlexAttention with a block mask built from the same mask function on CU
 mask is a small frozen dataclass called as ``mask(q_idx, kv_idx)`` on index tensors, so the
 dense mask and the block mask come from one definition.
 
+Packed documents: every layer's ``forward`` (and :class:`SlidingWindowAttention`'s) takes
+``cu_seqlens`` (``B == 1``, documents packed along ``T``) and lets nothing cross a document
+boundary. Attention masks are :class:`DocumentMask` (block-diagonal ∧ the layer's mask, with
+positions, windows and RoPE counted from each document's start); MAG and MAL prepend the
+persistent tokens to every document and run the memory layer with the shifted bounds; MAC
+loops over the documents (its segments restart at each). Decoding caches are not built
+for packed documents (``return_state`` / ``state`` with ``cu_seqlens`` is a ValueError).
+
 Decoding: each layer has ``init_cache(batch, device, dtype)`` and ``step(x_t [B, d], cache)
 -> (y_t, cache)``; feeding a sequence token by token gives the parallel forward's outputs.
 The memory branch steps through :class:`MemoryStepper`, which is exact for chunked specs
@@ -50,16 +58,17 @@ Choices where the papers are silent or ambiguous (documented here, and in the RE
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from miras.runtime import memory as mem
-from miras.runtime.compiled import Compiled
+from miras.runtime.compiled import Compiled, check_cu_seqlens
 from miras.runtime.layer import MirasLayer
 
 try:  # FlexAttention (torch ≥ 2.5); optional
@@ -115,7 +124,38 @@ class MACMask:
         return (kv < p) | mem_ok | seg_ok
 
 
-Mask = SlidingMask | MACMask
+@dataclass(frozen=True)
+class DocumentMask:
+    """Packed documents (``cu_seqlens``): ``inner`` inside each document, nothing across.
+
+    ``doc[t]`` is the document of packed position ``t`` and ``local[t]`` its position inside
+    the document; query ``i`` sees key ``j`` when ``doc[i] == doc[j]`` and
+    ``inner(local[i], local[j])``, so a sliding window (and MAG's persistent prefix) restarts
+    at each document. Build it with :meth:`from_bounds`. Equality and the hash go by
+    ``inner`` and ``bounds`` (block masks are cached by them); ``__call__`` reads only the
+    index tensors, so FlexAttention's compiled kernel does not specialise on the bounds.
+    """
+
+    inner: SlidingMask
+    bounds: tuple[int, ...]
+    doc: Tensor = field(compare=False, repr=False)
+    local: Tensor = field(compare=False, repr=False)
+
+    @classmethod
+    def from_bounds(cls, inner: SlidingMask, bounds: list[int] | tuple[int, ...],
+                    device: torch.device | str) -> DocumentMask:
+        """The mask of documents ``[bounds[i], bounds[i+1])`` (cumulative, from 0)."""
+        cu = torch.tensor(bounds, device=device)
+        lengths = cu[1:] - cu[:-1]
+        doc = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)
+        local = torch.arange(int(bounds[-1]), device=device) - cu[:-1][doc]
+        return cls(inner, tuple(int(b) for b in bounds), doc, local)
+
+    def __call__(self, q: Tensor, kv: Tensor) -> Tensor:
+        return (self.doc[q] == self.doc[kv]) & self.inner(self.local[q], self.local[kv])
+
+
+Mask = SlidingMask | MACMask | DocumentMask
 
 
 def dense_mask(mask: Mask, t_q: int, t_k: int, device: torch.device | str) -> Tensor:
@@ -181,6 +221,12 @@ def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, *,
                           stacklevel=2)
     m = dense_mask(mask, q.shape[2], k.shape[2], q.device)
     return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m)
+
+
+PACKED_CACHE_UNSUPPORTED = (
+    "cu_seqlens with a decoding cache (state / return_state) is not supported by the hybrid "
+    "attention layers (their caches hold one position for all rows); run the packed forward "
+    "without caches, or prefill each document alone")
 
 
 # ---- attention module -------------------------------------------------------------------------
@@ -251,10 +297,22 @@ class SlidingWindowAttention(nn.Module):
         self.attn = Attention(d_model, heads, head_dim, rope=rope, backend=backend)
         self.mask = SlidingMask(window, sink)
 
-    def forward(self, x: Tensor, cache: Cache | None = None, return_cache: bool = False
-                ) -> Tensor | tuple[Tensor, Cache]:
-        """Attention over ``x``; with ``cache``, ``x`` continues the cached sequence."""
+    def forward(self, x: Tensor, cache: Cache | None = None, return_cache: bool = False,
+                cu_seqlens: Tensor | None = None) -> Tensor | tuple[Tensor, Cache]:
+        """Attention over ``x``; with ``cache``, ``x`` continues the cached sequence.
+
+        ``cu_seqlens`` (``B == 1``) packs documents along ``T``: each document attends only
+        to itself, with positions (RoPE, window, sink) from its own start; no cache then.
+        """
         T = x.shape[1]
+        if cu_seqlens is not None:
+            if cache is not None or return_cache:
+                raise ValueError(PACKED_CACHE_UNSUPPORTED)
+            bounds = check_cu_seqlens(cu_seqlens, x.shape[0], T)
+            mask = DocumentMask.from_bounds(self.mask, bounds, x.device)
+            q = self.attn.queries(x, mask.local)
+            k, v = self.attn.keys_values(x, mask.local)
+            return self.attn.output(masked_attention(q, k, v, mask, backend=self.attn.backend))
         start = 0 if cache is None else int(cache["pos"])
         pos = torch.arange(start, start + T, device=x.device)
         q = self.attn.queries(x, pos)
@@ -417,10 +475,28 @@ class _Windowed(_Hybrid):
         """The output of ``x`` given the memory output ``m``; ``attend`` runs the attention."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
-        xt = torch.cat([self._prefix(x.shape[0]).to(x.dtype), x], 1)
-        y, _ = self._combine(xt, self.memory(xt), lambda t: (self.attn(t), None))
-        return y[:, self.n_persistent:]
+    def forward(self, x: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
+        """``[B, T, d] → [B, T, d]``; ``cu_seqlens`` (``B == 1``) packs documents along ``T``:
+        each document gets its own persistent prefix (``x̃ = P ‖ x_1 ‖ P ‖ x_2 …``), the memory
+        runs with the prefixed bounds (it restarts per document) and the window is masked to
+        the document (:class:`DocumentMask`)."""
+        if cu_seqlens is None:
+            xt = torch.cat([self._prefix(x.shape[0]).to(x.dtype), x], 1)
+            y, _ = self._combine(xt, self.memory(xt), lambda t: (self.attn(t), None))
+            return y[:, self.n_persistent:]
+        bounds = check_cu_seqlens(cu_seqlens, x.shape[0], x.shape[1])
+        p = self.n_persistent
+        # x̃: document i's prefix, then its tokens, at [bounds[i] + i·p, bounds[i+1] + (i+1)·p)
+        shifted = [b + i * p for i, b in enumerate(bounds)]
+        cu = torch.tensor(shifted, device=x.device)
+        ix = DocumentMask.from_bounds(SlidingMask(None), shifted, x.device)  # its indices
+        start = torch.tensor(bounds[:-1], device=x.device)
+        # gather from [P ‖ x]: P at local < p, else token a + (local − p) of x at a + local
+        src = torch.where(ix.local < p, ix.local, start[ix.doc] + ix.local)
+        xt = torch.cat([self._prefix(1).to(x.dtype), x], 1)[:, src]
+        y, _ = self._combine(xt, self.memory(xt, cu_seqlens=cu),
+                             lambda t: (self.attn(t, cu_seqlens=cu), None))
+        return y[:, ix.local >= p]
 
     def _feed(self, x: Tensor, cache: Cache) -> tuple[Tensor, Cache]:
         m, mc = self.stepper.feed(x, cache["mem"])
@@ -493,8 +569,19 @@ class MACLayer(_Hybrid):
         pp = torch.arange(self.n_persistent, device=like.device)
         return self.attn.keys_values(self._prefix(batch).to(like.dtype), pp)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
+        """``[B, T, d] → [B, T, d]``; ``cu_seqlens`` (``B == 1``) packs documents along ``T``,
+        each run alone: segments (and the memory) restart at each document's start, and
+        each attends to the persistent tokens, its own memory tokens and itself only. This
+        loops over the documents (segments already loop; a document-aware MAC mask would
+        have to split segments at document starts)."""
+        if cu_seqlens is not None:
+            bounds = check_cu_seqlens(cu_seqlens, x.shape[0], x.shape[1])
+            outs = [self(x[:, a:b]) for a, b in itertools.pairwise(bounds) if b > a]
+            return torch.cat(outs, 1) if outs else torch.zeros_like(x)
         B, T, _ = x.shape
+        if T == 0:
+            return torch.zeros_like(x)
         kp, vp = self._persistent_kv(B, x)
         state: dict[str, Any] | None = None
         conv: Tensor | None = None
@@ -579,6 +666,7 @@ def build_layer(compiled: Compiled, d_model: int, heads: int | None = None,
     return MirasLayer(compiled, d_model, heads, head_dim, **kwargs)
 
 
-__all__ = ["Attention", "GatedMerge", "MACLayer", "MACMask", "MAGLayer", "MALLayer",
-           "MemoryStepper", "SlidingMask", "SlidingWindowAttention", "build_layer",
-           "dense_mask", "flex_available", "masked_attention", "read_memory", "rope"]
+__all__ = ["PACKED_CACHE_UNSUPPORTED", "Attention", "DocumentMask", "GatedMerge", "MACLayer",
+           "MACMask", "MAGLayer", "MALLayer", "MemoryStepper", "SlidingMask",
+           "SlidingWindowAttention", "build_layer", "dense_mask", "flex_available",
+           "masked_attention", "read_memory", "rope"]

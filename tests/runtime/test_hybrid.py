@@ -6,6 +6,7 @@ of [T] Eq 21-25; MAG/MAL: Eq 26-31; decoding: token-by-token ``step`` equals ``f
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import miras
 from miras.cli import app
 from miras.models import LM
 from miras.runtime.hybrid import (
+    DocumentMask,
     MACLayer,
     MACMask,
     MAGLayer,
@@ -151,8 +153,28 @@ def test_mac_mask(p: int, c: int, full: bool) -> None:
                        loop_mac(p, c, full))
 
 
+def loop_documents(bounds: list[int], window: int | None, sink: int) -> Tensor:
+    """Block-diagonal: each document's own sliding mask (positions from its start)."""
+    out = torch.zeros(bounds[-1], bounds[-1], dtype=torch.bool)
+    for a, b in itertools.pairwise(bounds):
+        out[a:b, a:b] = loop_sliding(b - a, window, sink)
+    return out
+
+
+DOC_BOUNDS = [0, 4, 4, 5, 13]  # an empty and a one-token document
+
+
+@pytest.mark.parametrize(("window", "sink"), [(None, 0), (3, 0), (2, 2)])
+def test_document_mask(window: int | None, sink: int) -> None:
+    mask = DocumentMask.from_bounds(SlidingMask(window, sink), DOC_BOUNDS, "cpu")
+    assert torch.equal(dense_mask(mask, 13, 13, "cpu"), loop_documents(DOC_BOUNDS, window, sink))
+    # equality and hash ignore the index tensors (block masks are cached by them)
+    again = DocumentMask.from_bounds(SlidingMask(window, sink), DOC_BOUNDS, "cpu")
+    assert mask == again and hash(mask) == hash(again)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", ["causal", "sliding", "sink", "mac", "mac_full"])
+@pytest.mark.parametrize("case", ["causal", "sliding", "sink", "mac", "mac_full", "docs"])
 def test_attention_against_dense_softmax(backend: str, case: str) -> None:
     g = torch.Generator().manual_seed(0)
     B, H, T, D = 2, 3, 13, 8
@@ -162,6 +184,8 @@ def test_attention_against_dense_softmax(backend: str, case: str) -> None:
         "sink": (SlidingMask(3, 2), loop_sliding(T, 3, 2), T),
         "mac": (MACMask(3, T), loop_mac(3, T, False), 3 + 2 * T),
         "mac_full": (MACMask(3, T, True), loop_mac(3, T, True), 3 + 2 * T),
+        "docs": (DocumentMask.from_bounds(SlidingMask(3, 1), DOC_BOUNDS, "cpu"),
+                 loop_documents(DOC_BOUNDS, 3, 1), T),
     }[case]
     q = torch.randn(B, H, T, D, generator=g, dtype=torch.float64)
     k, v = (torch.randn(B, H, t_k, D, generator=g, dtype=torch.float64) for _ in range(2))
@@ -252,6 +276,80 @@ def test_causality(hybrid: str, causal: bool) -> None:
     if not causal:
         with pytest.raises(ValueError, match="cannot decode"):
             layer.init_cache(1)
+
+
+# ---- packed documents (cu_seqlens) ------------------------------------------------------------
+
+#: not multiples of the segment (4), window (3) or chunk (4); an empty and a one-token document
+LENGTHS = [6, 0, 1, 9]
+CU = torch.tensor([0, 6, 6, 7, 16])
+
+
+def _rel(a: Tensor, b: Tensor) -> float:
+    return float(((a - b).norm() / b.norm().clamp_min(1e-30)).detach())
+
+
+def _check_packed(run, x: Tensor, params: list[torch.nn.Parameter]) -> None:
+    """``run(x, cu)`` over packed documents equals ``run(x_i, None)`` per document: outputs,
+    the input's gradient and the parameters' gradients (summed over the documents)."""
+    x = x.detach().requires_grad_(True)
+    y = run(x, CU)
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    grads = torch.autograd.grad((y * w).sum(), [x, *params])
+    summed = [torch.zeros_like(p) for p in params]
+    for a, b in itertools.pairwise(CU.tolist()):
+        if a == b:
+            continue
+        alone = run(x[:, a:b], None)
+        assert _rel(y[:, a:b], alone) < 1e-10, (a, b)
+        g_x, *g_p = torch.autograd.grad((alone * w[:, a:b]).sum(), [x, *params])
+        assert _rel(grads[0][:, a:b], g_x[:, a:b]) < 1e-10, (a, b)
+        summed = [s + g for s, g in zip(summed, g_p, strict=True)]
+    for i, (g, s) in enumerate(zip(grads[1:], summed, strict=True)):
+        assert _rel(g, s) < 1e-10, i
+
+
+@pytest.mark.parametrize("hybrid", ["mac(segment=4, persistent=2)", "mac(segment=3, persistent=0)",
+                                    "mag(window=3, persistent=2)", "mal(window=3, persistent=2)"])
+def test_packed_documents_equal_separate_runs(hybrid: str) -> None:
+    """Nothing crosses a document: MAC's segments restart at each document, MAG/MAL give each
+    document its own persistent prefix and window, the memory restarts."""
+    torch.manual_seed(0)
+    layer = spec(hybrid).layer(8, heads=2).double()
+    x = torch.randn(1, sum(LENGTHS), 8, dtype=torch.float64)
+    params = [layer.attn.q_proj.weight if isinstance(layer, MACLayer) else
+              layer.attn.attn.q_proj.weight, layer.memory.k_proj.weight]
+    if layer.n_persistent:
+        params.append(layer.persistent)
+    _check_packed(lambda t, cu: layer(t, cu_seqlens=cu), x, params)
+
+
+def test_packed_sliding_window_attention() -> None:
+    torch.manual_seed(0)
+    attn = SlidingWindowAttention(8, 2, window=3, sink=1).double()
+    x = torch.randn(1, sum(LENGTHS), 8, dtype=torch.float64)
+    _check_packed(lambda t, cu: attn(t, cu_seqlens=cu), x, [attn.attn.k_proj.weight])
+    with pytest.raises(ValueError, match="decoding cache"):
+        attn(x, return_cache=True, cu_seqlens=CU)
+
+
+@pytest.mark.parametrize("hybrid", ["samba(window=3)", "mac(segment=4, persistent=2)"])
+def test_packed_lm_equals_separate_runs(hybrid: str) -> None:
+    torch.manual_seed(0)
+    lm = LM(spec(hybrid), vocab=11, d_model=8, layers=2, heads=2).double()
+    tokens = torch.randint(0, 11, (1, sum(LENGTHS)))
+
+    def run(e: Tensor, cu: Tensor | None) -> Tensor:  # the LM from its embeddings on
+        hook = lm.embed.register_forward_hook(lambda *_: e)
+        try:
+            return lm(tokens[:, : e.shape[1]], cu_seqlens=cu)
+        finally:
+            hook.remove()
+
+    params = [lm.blocks[0].mlp.up.weight, next(lm.blocks[1].mixer.parameters())]
+    _check_packed(run, lm.embed(tokens), params)
+    with pytest.raises(ValueError, match="decoding cache"):
+        lm(tokens, return_caches=True, cu_seqlens=CU)
 
 
 @pytest.mark.parametrize("name", HYBRID_EXAMPLES)
