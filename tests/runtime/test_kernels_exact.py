@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -268,3 +269,26 @@ def test_functional_reads_and_writes_the_callers_layout(monkeypatch: pytest.Monk
     o_r, _ = c.functional(*(x[n].detach() for n in ("q", "k", "v")), backend="chunk",
                           chunk_size=16, **{n: t.detach() for n, t in gates.items()})
     assert _rel(o.detach(), o_r) < TOL[0]
+
+
+def test_a_module_without_strided_gets_contiguous_inputs(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """The contract for the families that have not opted in: ``fused.run`` makes q, k, v and
+    the gates contiguous before a module without ``STRIDED`` sees them."""
+    c = _compiled("gated_deltanet")
+    kernels = c.kernels
+    seen: dict[str, torch.Tensor] = {}
+
+    def run(q, k, v, gates, state, chunk, output_final_state):
+        seen.update(q=q, k=k, v=v, **gates)
+        return kernels.run(q, k, v, gates, state, chunk, output_final_state)
+
+    x, _, _ = _inputs(c, 1, 16, 2, 16, seed=9)
+    x = {n: t.float() for n, t in x.items() if n != "w0"}
+    gates = {n: t for n, t in x.items() if n not in ("q", "k", "v")}
+    o, _ = c.functional(x["q"], x["k"], x["v"], backend="triton", chunk_size=16, **gates)
+    monkeypatch.setattr(c, "_kernels", SimpleNamespace(MODEL_NAME=c.name, run=run))
+    o_plain, _ = c.functional(x["q"], x["k"], x["v"], backend="triton", chunk_size=16, **gates)
+    assert sorted(seen) == ["decay", "k", "lr", "q", "v"]
+    assert all(t.is_contiguous() for t in seen.values())
+    assert torch.equal(o_plain, o)
