@@ -16,6 +16,12 @@ point with one contract, whatever its family::
 
 A module may also expose ``unsupported(K, V) -> str | None``: a reason its kernels cannot
 run these dims on this device (the PyTorch chunk path then runs, with one warning line).
+
+Layout: :meth:`Compiled.functional` passes ``[B, H, T, ·]`` *views* of the caller's
+``[B, T, H, ·]`` tensors. A module that declares ``STRIDED = True`` takes them (and the gates)
+with any strides, as they are; for any other module, :func:`run` makes them contiguous first.
+A strided module should also return ``o`` (and its gradients) as ``[B, H, T, ·]`` views of
+``[B, T, H, ·]`` memory, so that the transpose back is free.
 """
 
 from __future__ import annotations
@@ -69,7 +75,10 @@ def run(module: ModuleType, recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: T
         g = vals.get(name)
         if g is None or (name == "decay" and recipe.retention == "none"):
             continue
-        gates[name] = g[..., 0] if g.shape[-1] == 1 else g
+        gates[name] = g.squeeze(-1) if g.shape[-1] == 1 else g  # a view both ways
+    if not getattr(module, "STRIDED", False):
+        qf, kf, v = (x.contiguous() for x in (qf, kf, v))
+        gates = {n: g.contiguous() for n, g in gates.items()}
     o, final = module.run(qf, kf, v, gates, state.tensors(), chunk, output_final_state)
     if final is None:
         return o, None

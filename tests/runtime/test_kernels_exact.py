@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -180,3 +181,114 @@ def test_channel_wise_lr_falls_back_with_a_reason() -> None:
     lr = torch.rand(1, 6, 1, 8, dtype=torch.float64)
     with pytest.warns(FallbackWarning, match="channel-wise lr"):
         c.functional(x["q"], x["k"], x["v"], backend="triton", lr=lr)
+
+
+# ---- strided inputs: fused.run hands the kernels views of the caller's [B, T, H, D] tensors --
+
+def _relayout(x: torch.Tensor, how: str) -> torch.Tensor:
+    """``x`` ``[B, H, T, ...]``: the same values in another memory layout, as a view."""
+    if how == "contiguous":
+        return x.contiguous()
+    if how == "bthd":  # the [B, H, T, ·] view of a [B, T, H, ·] tensor
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
+    if how == "slice":  # inside a NaN-padded larger tensor: a read outside the view shows
+        big = torch.full([n + 2 for n in x.shape], math.nan, dtype=x.dtype)
+        inner = (slice(1, -1),) * x.dim()
+        big[inner] = x
+        return big[inner]
+    assert how == "every_other"  # every last dim strided by 2 (q, k, v are copied for it)
+    big = torch.full([*x.shape[:-1], 2 * x.shape[-1]], math.nan, dtype=x.dtype)
+    big[..., ::2] = x
+    return big[..., ::2]
+
+
+def _module_run(c: miras.Compiled, x: dict[str, torch.Tensor], how: str):
+    """The kernel module's ``run`` (and its backward) with every input, dO and dW_T laid
+    out by ``how``: ``o``, ``W_T`` and the gradients by input name."""
+    leaves = {n: _relayout(t, how).requires_grad_(True) for n, t in x.items()}
+    gates = {n: t for n, t in leaves.items() if n not in ("q", "k", "v", "w0", "do", "dwt")}
+    o, final = c.kernels.run(leaves["q"], leaves["k"], leaves["v"], gates,
+                             {"weights.W": leaves["w0"]}, 16, True)
+    inputs = [t for n, t in leaves.items() if n not in ("do", "dwt")]
+    grads = torch.autograd.grad((o, final["weights.W"]), inputs,
+                                (leaves["do"].detach(), leaves["dwt"].detach()))
+    return o, final["weights.W"], dict(zip([n for n in leaves if n not in ("do", "dwt")], grads,
+                                           strict=True))
+
+
+@pytest.mark.parametrize("how", ["bthd", "slice", "every_other"])
+@pytest.mark.parametrize("name", ["gated_deltanet", "deltanet"])
+def test_strided_inputs_give_identical_results(name: str, how: str) -> None:
+    """q, k, v, the gates and dO as views (of [B, T, H, ·] memory, inside a larger tensor,
+    with a strided last dim): the output, final state and every gradient equal, bit for bit,
+    those of contiguous inputs."""
+    c = _compiled(name)
+    assert c.kernels.STRIDED
+    x, go, gw = _inputs(c, 2, 21, 3, 16, seed=7)
+    x = {n: (t.transpose(1, 2) if n != "w0" else t).float() for n, t in x.items()}
+    x.update(do=go.transpose(1, 2).float(), dwt=gw.float())
+    o, wt, grads = _module_run(c, x, "contiguous")
+    o_s, wt_s, grads_s = _module_run(c, x, how)
+    assert torch.equal(o_s, o) and torch.equal(wt_s, wt)
+    for n in grads:
+        assert torch.equal(grads_s[n], grads[n]), n
+
+
+def test_functional_reads_and_writes_the_callers_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``functional(backend="triton")`` on [B, T, H, D] tensors: the kernels get q, k, v, the
+    gates (forward) and dO (backward) in the caller's own storage (no copy to head-first),
+    and o and the gradients come back contiguous in [B, T, H, ·] (no copy back)."""
+    c = _compiled("gated_deltanet")
+    x, go, _ = _inputs(c, 2, 32, 3, 16, seed=8)
+    x = {n: t.float().requires_grad_(True) for n, t in x.items() if n != "w0"}
+    go = go.float()
+    storage: dict[str, int] = {}
+    kernels = c.kernels
+    fwd, bwd = kernels.exact_fwd, kernels.exact_bwd
+
+    def record(**ts: torch.Tensor) -> None:
+        storage.update({n: t.untyped_storage().data_ptr() for n, t in ts.items()})
+
+    def spy_fwd(q, k, v, beta, alpha, *rest):
+        record(q=q, k=k, v=v, lr=beta, decay=alpha)
+        return fwd(q, k, v, beta, alpha, *rest)
+
+    def spy_bwd(q, k, v, beta, alpha, saved, do, *rest):
+        record(do=do)
+        return bwd(q, k, v, beta, alpha, saved, do, *rest)
+
+    monkeypatch.setattr(kernels, "exact_fwd", spy_fwd)
+    monkeypatch.setattr(kernels, "exact_bwd", spy_bwd)
+    gates = {n: t for n, t in x.items() if n not in ("q", "k", "v")}
+    o, _ = c.functional(x["q"], x["k"], x["v"], backend="triton", chunk_size=16, **gates)
+    grads = torch.autograd.grad(o, list(x.values()), go)
+    assert storage == {n: t.untyped_storage().data_ptr() for n, t in [*x.items(), ("do", go)]}
+    assert o.is_contiguous()
+    for n, g in zip(x, grads, strict=True):
+        assert g.is_contiguous(), n
+    o_r, _ = c.functional(*(x[n].detach() for n in ("q", "k", "v")), backend="chunk",
+                          chunk_size=16, **{n: t.detach() for n, t in gates.items()})
+    assert _rel(o.detach(), o_r) < TOL[0]
+
+
+def test_a_module_without_strided_gets_contiguous_inputs(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """The contract for the families that have not opted in: ``fused.run`` makes q, k, v and
+    the gates contiguous before a module without ``STRIDED`` sees them."""
+    c = _compiled("gated_deltanet")
+    kernels = c.kernels
+    seen: dict[str, torch.Tensor] = {}
+
+    def run(q, k, v, gates, state, chunk, output_final_state):
+        seen.update(q=q, k=k, v=v, **gates)
+        return kernels.run(q, k, v, gates, state, chunk, output_final_state)
+
+    x, _, _ = _inputs(c, 1, 16, 2, 16, seed=9)
+    x = {n: t.float() for n, t in x.items() if n != "w0"}
+    gates = {n: t for n, t in x.items() if n not in ("q", "k", "v")}
+    o, _ = c.functional(x["q"], x["k"], x["v"], backend="triton", chunk_size=16, **gates)
+    monkeypatch.setattr(c, "_kernels", SimpleNamespace(MODEL_NAME=c.name, run=run))
+    o_plain, _ = c.functional(x["q"], x["k"], x["v"], backend="triton", chunk_size=16, **gates)
+    assert sorted(seen) == ["decay", "k", "lr", "q", "v"]
+    assert all(t.is_contiguous() for t in seen.values())
+    assert torch.equal(o_plain, o)
