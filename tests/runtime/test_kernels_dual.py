@@ -194,6 +194,26 @@ def test_feature_dim_limit_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.testing.assert_close(o, ref, rtol=1e-6, atol=1e-6)
 
 
+def test_strided_views_need_no_copy() -> None:
+    # q, k, v as fused.run passes them: [B, H, T, D] views of [B, T, H, D] tensors
+    c = _compile(_spec("l2", MOMENTUM, "window = sliding(size=3)"))
+    assert c.kernels.STRIDED
+    x = _inputs(c, 2, 13, 3, 16, 6)
+    views = [x[n].float().transpose(1, 2).requires_grad_() for n in "qkv"]
+    dense = [t.detach().contiguous().requires_grad_() for t in views]
+    gates = {n.split(".", 1)[1]: t.float().transpose(1, 2) for n, t in x.items()
+             if n.startswith("gate.")}
+    state = {"weights.W": x["W0"].float(), "momentum.W": x["S0"].float()}
+    outs = []
+    for q, k, v in (views, dense):
+        o, final = c.kernels.run(q, k, v, gates, state, 8, True)
+        grads = torch.autograd.grad((o * x["w.o"].float().transpose(1, 2)).sum(), [q, k, v])
+        outs.append((o, final["weights.W"], *grads))
+    assert outs[0][0].transpose(1, 2).is_contiguous()  # o is written [B, T, H, V]
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+
+
 # ---- channel-wise decay (GLA) ------------------------------------------------------------------
 
 CHANNEL_GD = "gd(lr=gate(act=sigmoid))"
