@@ -8,6 +8,8 @@ for the memory's activation with its first two derivatives:
     matrix memory (any feature map, applied before the kernel), any bias the symbolic engine
     differentiates, retention ``none`` or ``decay(at=prev)``, GD / momentum / implicit GD,
     Omega window ``c ≤ 16``: chunk-parallel with gradients at the chunk anchor (the dual form).
+    A channel-wise decay (on the key dim: GLA) with GD or implicit GD, no window and an
+    element-wise feature map.
 ``exact``
     matrix memory whose update is affine in the weights (``l2``, ``dot``, ``lp(2)`` biases) with
     ``parallel = exact``, GD or implicit GD with a scalar lr, decay ``at=prev`` or ``decayed``:
@@ -66,7 +68,8 @@ def _common(m: ir.Model) -> str | None:
     if not isinstance(ret, ir.NoRetention | ir.Decay):
         return (f"retention '{ret.kind}' is nonlinear in the weights (needs per-token weights); "
                 "fused retention is none or decay")
-    if isinstance(ret, ir.Decay) and _gate_channel(ret.alpha):
+    if (isinstance(ret, ir.Decay) and _gate_channel(ret.alpha)
+            and not (isinstance(m.memory, ir.Matrix) and not isinstance(m.parallel, ir.Exact))):
         return "a channel-wise decay gate is not fused (scalar per head and token only)"
     if isinstance(alg, ir.Momentum) and _gate_channel(alg.beta):
         return "a channel-wise momentum gate is not fused (scalar per head and token only)"
@@ -81,6 +84,18 @@ def _common(m: ir.Model) -> str | None:
     for name in ("delta", "radius"):
         if not isinstance(getattr(m.bias, name, ir.Const(value=0.0)), ir.Const):
             return f"bias parameter '{name}' must be a constant to be fused"
+    return None
+
+
+def _channel_decay(m: ir.Model, window: int) -> str | None:
+    """Why the dual kernels cannot run a channel-wise decay on the key dim (``None``: they can)."""
+    if not isinstance(m.feature, ir.Identity | ir.UserFeature):
+        return (f"a channel-wise decay with the '{m.feature.kind}' feature map is not fused (it "
+                "has head_dim channels, φ(k) has more)")
+    if isinstance(m.algorithm, ir.Momentum):
+        return "a channel-wise decay with momentum is not fused (the two scans mix per channel)"
+    if window > 1:
+        return "a channel-wise decay with an Omega window is not fused"
     return None
 
 
@@ -124,6 +139,10 @@ def _family(m: ir.Model) -> Fusion:
         if window > 1 and _gate_channel(getattr(m.algorithm, "lr", None)):
             return Fusion(None, "a channel-wise lr with an Omega window is not fused (its "
                           "coefficients differ per channel)")
+        if isinstance(ret, ir.Decay) and _gate_channel(ret.alpha):
+            why = _channel_decay(m, window)
+            if why:
+                return Fusion(None, why)
         return Fusion("dual")
     if isinstance(mem, ir.MLP):
         if mem.depth != 2:

@@ -33,17 +33,17 @@ TOL_SCALE = 100.0 if DEVICE == "cuda" else 1.0
 # the interpreter evaluates both sides of a tl.where (a masked 0/0 is expected)
 pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
 
-DUAL_EXAMPLES = ["linear_attention", "mamba2", "polysketch", "retnet", "swla"]
+DUAL_EXAMPLES = ["gla", "linear_attention", "mamba2", "polysketch", "retnet", "swla"]
 
-GATED = ("retention = decay(alpha=gate(act=sigmoid)) "
+GATED = ("retention = decay(alpha=gate(act=sigmoid{channel})) "
          "algorithm = {alg}")
 MOMENTUM = "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))"
 
 
 def _spec(bias: str, alg: str = "gd(lr=gate(act=sigmoid))", extra: str = "",
-          defs: str = "") -> str:
-    return (f"{defs}\nmodel m {{ memory = matrix bias = {bias} "
-            f"{GATED.format(alg=alg)} {extra} }}")
+          defs: str = "", channel: bool = False) -> str:
+    decay = GATED.format(alg=alg, channel=", channel=true" if channel else "")
+    return f"{defs}\nmodel m {{ memory = matrix bias = {bias} {decay} {extra} }}"
 
 
 def _compile(source: str | Path) -> miras.Compiled:
@@ -53,7 +53,8 @@ def _compile(source: str | Path) -> miras.Compiled:
     return c
 
 
-def _inputs(c: miras.Compiled, B: int, T: int, H: int, D: int, seed: int) -> dict:
+def _inputs(c: miras.Compiled, B: int, T: int, H: int, D: int, seed: int,
+            decay: tuple[float, float] = (0.6, 1.0)) -> dict:
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
@@ -62,8 +63,8 @@ def _inputs(c: miras.Compiled, B: int, T: int, H: int, D: int, seed: int) -> dic
     x = {n: rnd(B, T, H, D, scale=0.5) for n in "qkv"}
     for n, info in c.gates.items():
         shape = (B, T, H, D) if info.channel else (B, T, H)
-        lo = 0.6 if n == "decay" else 0.2
-        x[f"gate.{n}"] = lo + (1 - lo) * torch.rand(*shape, generator=g, dtype=F64)
+        lo, hi = decay if n == "decay" else (0.2, 1.0)
+        x[f"gate.{n}"] = lo + (hi - lo) * torch.rand(*shape, generator=g, dtype=F64)
     K = c.feature_dim(D)
     x["W0"] = rnd(B, H, D, K, scale=0.3 / K ** 0.5)
     x["S0"] = rnd(B, H, D, K, scale=0.1 / K ** 0.5)
@@ -102,9 +103,9 @@ def _rel(ref: torch.Tensor, out: torch.Tensor) -> float:
 
 
 def _check(c: miras.Compiled, *, B: int = 1, T: int = 20, H: int = 2, D: int = 16,
-           chunk: int = 8, seed: int = 0, tol: float = 2e-5, reference: bool = True
-           ) -> dict[str, float]:
-    x = _inputs(c, B, T, H, D, seed)
+           chunk: int = 8, seed: int = 0, tol: float = 2e-5, reference: bool = True,
+           decay: tuple[float, float] = (0.6, 1.0)) -> dict[str, float]:
+    x = _inputs(c, B, T, H, D, seed, decay)
     out = _run(c, x, "triton", F32, chunk)
     errors = {}
     refs = [("chunk", _run(c, x, "chunk", F32, chunk))]
@@ -191,6 +192,85 @@ def test_feature_dim_limit_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     ref, _ = c.functional(q, k, v, backend="chunk", chunk_size=8)
     # the whole chunks and the last partial one run as two calls: rounding may differ
     torch.testing.assert_close(o, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_strided_views_need_no_copy() -> None:
+    # q, k, v as fused.run passes them: [B, H, T, D] views of [B, T, H, D] tensors
+    c = _compile(_spec("l2", MOMENTUM, "window = sliding(size=3)"))
+    assert c.kernels.STRIDED
+    x = _inputs(c, 2, 13, 3, 16, 6)
+    views = [x[n].float().transpose(1, 2).requires_grad_() for n in "qkv"]
+    dense = [t.detach().contiguous().requires_grad_() for t in views]
+    gates = {n.split(".", 1)[1]: t.float().transpose(1, 2) for n, t in x.items()
+             if n.startswith("gate.")}
+    state = {"weights.W": x["W0"].float(), "momentum.W": x["S0"].float()}
+    outs = []
+    for q, k, v in (views, dense):
+        o, final = c.kernels.run(q, k, v, gates, state, 8, True)
+        grads = torch.autograd.grad((o * x["w.o"].float().transpose(1, 2)).sum(), [q, k, v])
+        outs.append((o, final["weights.W"], *grads))
+    assert outs[0][0].transpose(1, 2).is_contiguous()  # o is written [B, T, H, V]
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+
+
+# ---- channel-wise decay (GLA) ------------------------------------------------------------------
+
+CHANNEL_GD = "gd(lr=gate(act=sigmoid))"
+
+
+def _channel(mp: pytest.MonkeyPatch, bias: str, alg: str = CHANNEL_GD, sub: int = 4
+             ) -> miras.Compiled:
+    """A channel-decay spec whose scores use sub-chunks of ``sub`` rows (short chunks then
+    cross sub-chunk boundaries; the module is cached, so the setting is undone after)."""
+    c = _compile(_spec(bias, alg, channel=True))
+    assert c.gates["decay"].channel
+    mp.setattr(c.kernels, "SUB_CHUNK", sub)
+    return c
+
+
+def test_gla_sub_chunks_and_partial_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    # chunk 24: a 32-row block whose last sub-chunk is padding; T = 53 ends mid-chunk
+    c = _compile(EXAMPLES / "gla.miras")
+    monkeypatch.setattr(c.kernels, "SUB_CHUNK", 8)
+    _check(c, T=53, chunk=24, D=16)
+
+
+def test_channel_decay_l2_huber_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    _check(_channel(monkeypatch, "l2"), T=21, chunk=16)
+    _check(_channel(monkeypatch, "huber_norm(delta=1.0)"), T=19, chunk=16, seed=1)
+
+
+def test_channel_decay_odd_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # head_dim 48 (two value blocks), three heads, T not a multiple of the chunk
+    c = _channel(monkeypatch, "l2", "implicit_gd(lr=gate(act=sigmoid))")
+    _check(c, B=2, T=37, H=3, D=48, chunk=16, reference=False)
+
+
+def test_channel_decay_with_channel_lr(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = _channel(monkeypatch, "lp(p=3)", "gd(lr=gate(act=sigmoid, channel=true))")
+    _check(c, T=18, chunk=16)
+
+
+@pytest.mark.parametrize(("lo", "hi", "chunk", "sub"), [(0.5, 0.7, 16, 4), (0.002, 0.02, 32, 16)])
+def test_channel_decay_strong(monkeypatch: pytest.MonkeyPatch, lo: float, hi: float,
+                              chunk: int, sub: int) -> None:
+    # α down to 0.5 per token over a chunk of 16; then α ≈ 0.01, whose product over a chunk
+    # of 32 (e^−150) would overflow 1/β in fp32 without the sub-chunk boundaries
+    c = _channel(monkeypatch, "huber_norm(delta=1.0)", sub=sub)
+    _check(c, T=2 * chunk + 5, chunk=chunk, decay=(lo, hi))
+
+
+def test_channel_decay_fallbacks() -> None:
+    m = miras.load(_spec("l2", MOMENTUM, channel=True))
+    assert "momentum" in fusion.decide(m).reason
+    m = miras.load(_spec("l2", channel=True, extra="window = sliding(size=3)"))
+    assert "window" in fusion.decide(m).reason
+    m = miras.load(_spec("l2", channel=True, extra="feature = poly(degree=2)"))
+    assert "poly" in fusion.decide(m).reason
+    m = miras.load(_spec("l2", channel=True, extra="parallel = exact(size=16)"))
+    assert "channel-wise decay" in fusion.decide(m).reason
+    assert fusion.decide(miras.load(EXAMPLES / "yaad.miras")).family is None
 
 
 # ---- random user biases -------------------------------------------------------------------
