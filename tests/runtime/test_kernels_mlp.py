@@ -206,8 +206,9 @@ def test_every_element_is_written(nan_buffers, grad: bool, name: str) -> None:
         assert torch.isfinite(x).all(), n
 
 
-def test_no_final_state_and_shape_limit() -> None:
-    c = _compiled("gd")
+@pytest.mark.parametrize("name", ["gd", "ttt_linear"])
+def test_no_final_state_and_shape_limit(name: str) -> None:
+    c = _compiled(name)
     q, k, v, gates, w, _ = _inputs(c, 1, 9, 1, 16)
     f = lambda x: x.float()  # noqa: E731
     o, final = c.functional(f(q), f(k), f(v), backend="triton", output_final_state=False,
