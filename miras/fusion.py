@@ -16,8 +16,9 @@ for the memory's activation with its first two derivatives:
     DeltaNet, Gated DeltaNet, Longhorn with a per-head step — the WY/UT chunk form, equal to
     the per-token recurrence.
 ``mlp``
-    two-layer MLP memory (residual or not, any activation), hidden ≤ 4·head_dim, retention
-    ``none`` / ``decay(at=prev)``, GD or momentum, chunk-anchored (the dual form per layer).
+    one- or two-layer MLP memory (residual or not, any activation, output norm none /
+    layernorm / rmsnorm: TTT-Linear, TTT-MLP), hidden ≤ 4·head_dim, retention ``none`` /
+    ``decay(at=prev)``, GD or momentum, chunk-anchored (the dual form per layer).
 
 Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
 
@@ -145,18 +146,17 @@ def _family(m: ir.Model) -> Fusion:
                 return Fusion(None, why)
         return Fusion("dual")
     if isinstance(mem, ir.MLP):
-        if mem.depth != 2:
-            return Fusion(None, f"MLP memory of depth {mem.depth} is not fused (depth 2 is)")
-        if mem.expansion > 4:
+        if mem.depth > 2:
+            return Fusion(None, f"MLP memory of depth {mem.depth} is not fused (depth 1 and 2 "
+                          "are)")
+        if mem.depth == 2 and mem.expansion > 4:
             return Fusion(None, "MLP memory wider than 4 × head_dim is not fused")
-        if mem.norm != "none":
-            return Fusion(None, f"an MLP memory with {mem.norm} output norm is not fused")
         if not isinstance(m.feature, ir.Identity):
             return Fusion(None, "a feature map on an MLP memory is not fused")
         if window > 1:
             return Fusion(None, "an Omega window on an MLP memory is not fused")
         return Fusion("mlp")
-    return Fusion(None, f"{mem.kind} memory is not fused (matrix and 2-layer MLP are)")
+    return Fusion(None, f"{mem.kind} memory is not fused (matrix and 1- or 2-layer MLP are)")
 
 
 def decide(m: ir.Model) -> Fusion:
@@ -185,6 +185,8 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     act = getattr(m.memory, "act", "identity")
     out["act"] = lower.act_triton(act)
     out["residual"] = bool(getattr(m.memory, "residual", False))
+    out["depth"] = int(getattr(m.memory, "depth", 1))
+    out["norm"] = str(getattr(m.memory, "norm", "none"))
     out["window"] = m.window.size if isinstance(m.window, ir.Sliding) else 1
     out["algorithm"] = m.algorithm.kind
     out["retention"] = m.retention.kind

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or interpreted())
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 TITANS = (EXAMPLES / "titans.miras").read_text()
+TTT_LINEAR = (EXAMPLES / "ttt_linear.miras").read_text()
+TTT_MLP = (EXAMPLES / "ttt_mlp.miras").read_text()
 
 
 def _spec(name: str, memory: str, bias: str, retention: str, algorithm: str) -> str:
@@ -42,6 +44,19 @@ SPECS = {
                    "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))"),
     "plain": _spec("plain", "mlp(depth=2, expansion=2, act=sigmoid, residual=true)", "l2",
                    "none", "gd(lr=gate(act=sigmoid, channel=true))"),
+    # TTT: output norms, depth 1
+    "ttt_linear": TTT_LINEAR,
+    "ttt_mlp": TTT_MLP,
+    "ln_mom": _spec("ln_mom", "mlp(depth=2, expansion=2, act=gelu, residual=true, "
+                    "norm=layernorm)", "l2", "decay(alpha=gate(act=sigmoid), at=prev)",
+                    "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))"),
+    "rms1": _spec("rms1", "mlp(depth=1, residual=false, norm=rmsnorm)", "huber_norm(delta=4.0)",
+                  "decay(alpha=gate(act=sigmoid), at=prev)",
+                  "momentum(lr=gate(act=sigmoid, channel=true), beta=gate(act=sigmoid))"),
+    "rms2": _spec("rms2", "mlp(depth=2, expansion=2, act=silu, residual=false, norm=rmsnorm)",
+                  "l2", "none", "gd(lr=gate(act=sigmoid, channel=true))"),
+    "lin1": _spec("lin1", "mlp(depth=1, residual=true)", "l2", "none",
+                  "gd(lr=gate(act=sigmoid))"),
 }
 
 _COMPILED: dict[str, object] = {}
@@ -131,6 +146,14 @@ CASES = [
     ("plain", 1, 17, 1, 16, 16),
     ("titans", 1, 11, 1, 48, 8),
     ("plain", 1, 9, 1, 48, 8),
+    ("ttt_linear", 1, 20, 3, 16, 8),
+    ("ttt_linear", 1, 11, 1, 48, 8),
+    ("ttt_mlp", 1, 20, 2, 16, 8),
+    ("ttt_mlp", 1, 11, 1, 48, 8),
+    ("ln_mom", 1, 21, 3, 16, 8),
+    ("rms1", 2, 19, 1, 16, 8),
+    ("rms2", 1, 17, 1, 16, 16),
+    ("lin1", 1, 18, 2, 16, 8),
 ]
 
 
@@ -151,8 +174,9 @@ def test_matches_chunk_and_reference(case, grad: bool) -> None:
     _compare(ref, out, {}, 2e-5)
 
 
-def test_forward_low_precision_inputs() -> None:
-    c = _compiled("titans")
+@pytest.mark.parametrize("name", ["titans", "ttt_linear", "ttt_mlp"])
+def test_forward_low_precision_inputs(name: str) -> None:
+    c = _compiled(name)
     inputs = _inputs(c, 1, 20, 2, 16)
     ref = _run(c, "reference", torch.float64, inputs, 8, grad=False)
     for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float16, 5e-3)):
@@ -172,17 +196,19 @@ def nan_buffers(monkeypatch):
                         lambda *a, **kw: real_empty_like(*a, **kw).fill_(float("nan")))
 
 
+@pytest.mark.parametrize("name", ["titans", "ttt_linear", "ttt_mlp"])
 @pytest.mark.parametrize("grad", [False, True], ids=["forward", "backward"])
-def test_every_element_is_written(nan_buffers, grad: bool) -> None:
-    c = _compiled("titans")
+def test_every_element_is_written(nan_buffers, grad: bool, name: str) -> None:
+    c = _compiled(name)
     inputs = _inputs(c, 1, 13, 3, 16)
     out = _run(c, "triton", torch.float32, inputs, 8, grad=grad)
     for n, x in out.items():
         assert torch.isfinite(x).all(), n
 
 
-def test_no_final_state_and_shape_limit() -> None:
-    c = _compiled("gd")
+@pytest.mark.parametrize("name", ["gd", "ttt_linear"])
+def test_no_final_state_and_shape_limit(name: str) -> None:
+    c = _compiled(name)
     q, k, v, gates, w, _ = _inputs(c, 1, 9, 1, 16)
     f = lambda x: x.float()  # noqa: E731
     o, final = c.functional(f(q), f(k), f(v), backend="triton", output_final_state=False,
@@ -192,8 +218,9 @@ def test_no_final_state_and_shape_limit() -> None:
     assert final is None and o.shape == q.shape
 
 
-def test_gradients_low_precision_inputs() -> None:
-    c = _compiled("titans")
+@pytest.mark.parametrize("name", ["titans", "ttt_mlp"])
+def test_gradients_low_precision_inputs(name: str) -> None:
+    c = _compiled(name)
     inputs = _inputs(c, 1, 20, 2, 16, seed=4)
     ref = _run(c, "reference", torch.float64, inputs, 8, grad=True)
     out = _run(c, "triton", torch.float16, inputs, 8, grad=True)
