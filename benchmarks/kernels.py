@@ -49,7 +49,10 @@ import miras  # noqa: E402
 from miras.runtime.fused import FallbackWarning  # noqa: E402
 
 SPECS = {"gated_deltanet": "examples/gated_deltanet.miras", "titans": "examples/titans.miras",
-         "retnet": "examples/retnet.miras"}
+         "retnet": "examples/retnet.miras", "gla": "examples/gla.miras",
+         "ttt_mlp": "examples/ttt_mlp.miras"}
+#: measured by default (the others with --specs)
+DEFAULT_SPECS = ("gated_deltanet", "titans", "retnet")
 
 
 @dataclass
@@ -82,7 +85,7 @@ def flops(spec: str, family: str | None, T: int, B: int, H: int, D: int, chunk: 
     n = T / C
     if spec == "sdpa":
         return 2.0 * T * T * D * B * H  # QKᵀ and PV, causal half of 4·T²·D
-    if family == "mlp" or spec == "titans":
+    if family == "mlp" or spec in ("titans", "ttt_mlp"):
         E = expansion * D
         # anchor pass (C·D·E + C·E·D), its backward (C·D·E), the query pass with the dual
         # form for both layers (C·D·E + C·E·D + C²·(D + 2E + D)), state updates (E·C·D · 2)
@@ -315,7 +318,8 @@ def targets(rows: list[Row], peak: float | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny sizes")
-    ap.add_argument("--specs", default=",".join(SPECS))
+    ap.add_argument("--specs", default=",".join(DEFAULT_SPECS),
+                    help=f"comma-separated, from {', '.join(SPECS)}")
     ap.add_argument("--lengths", default="2048,4096,8192,16384")
     ap.add_argument("--dims", default="64,128")
     ap.add_argument("--modes", default="fwd,fwdbwd")
