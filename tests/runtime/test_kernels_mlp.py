@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import miras
 from miras.runtime.engine import State
@@ -226,3 +228,35 @@ def test_gradients_low_precision_inputs(name: str) -> None:
     out = _run(c, "triton", torch.float16, inputs, 8, grad=True)
     assert out["d.q"].dtype == torch.float16 and out["d.weights.W0"].dtype == torch.float32
     _compare(ref, out, {}, 1e-2)
+
+
+# ---- random user biases -------------------------------------------------------------------
+
+# smooth terms of y − v and the outer functions around their sum (libdevice functions such as
+# atan and log1p do not run under the interpreter)
+_TERMS = ["(y - v)^2", "log(1 + (y - v)^2)", "sqrt(1 + (y - v)^2)", "c * tanh(y - v)^2",
+          "1 - exp(-(y - v)^2 / c)", "(y - v)^4 / 4", "erf(y - v) * (y - v)"]
+_OUTER = ["{s}", "log(1 + {s})", "sqrt(1 + {s})"]
+
+
+@st.composite
+def _user_bias(draw: st.DrawFn) -> str:
+    terms = draw(st.lists(st.sampled_from(_TERMS), min_size=1, max_size=3, unique=True))
+    return draw(st.sampled_from(_OUTER)).format(s="sum(" + " + ".join(terms) + ")")
+
+
+@settings(max_examples=3, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(formula=_user_bias(), norm=st.sampled_from(["none", "layernorm"]))
+def test_random_user_biases(formula: str, norm: str) -> None:
+    """A bias the user writes goes through the same symbolic gradient and VJP as a built-in."""
+    text = (f"bias b(c = 1.0) = {formula}\n"
+            + _spec("user", f"mlp(depth=2, expansion=2, act=gelu, residual=true, norm={norm})",
+                    "b(c=0.7)", "decay(alpha=gate(act=sigmoid), at=prev)",
+                    "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))"))
+    c = miras.compile(text)
+    assert c.fused == "mlp", c.fused_reason
+    inputs = _inputs(c, 1, 11, 1, 16, seed=5)
+    out = _run(c, "triton", torch.float32, inputs, 8, grad=True)
+    _compare(_run(c, "chunk", torch.float32, inputs, 8, grad=True), out, {}, 5e-5)
+    _compare(_run(c, "reference", torch.float64, inputs, 8, grad=True), out, {}, 5e-5)
