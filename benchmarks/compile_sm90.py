@@ -10,8 +10,9 @@ backend="triton")``, forward and backward, bf16, chunk 64) on tiny CPU tensors w
 kernel launch *recorded* instead of executed: the kernel, its arguments and the constexprs the
 host passes. Each recorded launch is then compiled with ``triton.compile`` for
 ``GPUTarget("cuda", 90, 32)`` (Triton's own argument specialisation, as a launch on the GPU
-would do), once per autotune configuration, and the table gives registers per thread, spill
-bytes (ptxas ``-v``: stores + loads), shared memory, or FAIL with the first line of the error.
+would do), once per autotune configuration, and the table gives registers per thread, the
+per-thread stack frame and spill traffic (ptxas ``-v``: bytes of spill stores + loads), shared
+memory, or FAIL with the first line of the error.
 A kernel over 227 KiB of shared memory or 255 registers is marked as well.
 
 Needs ``TRITON_INTERPRET`` unset (the kernel modules choose their autotune space at import)
@@ -96,6 +97,7 @@ class Result:
     name: str
     config: str
     regs: int | None = None
+    stack: int | None = None
     spill: int | None = None
     shared: int | None = None
     seconds: float = 0.0
@@ -202,7 +204,8 @@ def jobs_of(launch: Launch) -> list[Job]:
 
 _JOBS: list[Job] = []
 _PTXAS_RE = (re.compile(r"Used (\d+) registers"),
-             re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads"))
+             re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                        r"(\d+) bytes spill loads"))
 
 
 def _ptxas_log(ptx: str) -> str:
@@ -241,9 +244,10 @@ def compile_job(i: int) -> Result:
         if "registers" not in log:
             log = _ptxas_log(kernel.asm["ptx"])
         regs = [int(m) for m in _PTXAS_RE[0].findall(log)]
-        spills = [int(a) + int(b) for a, b in _PTXAS_RE[1].findall(log)]
+        frames = _PTXAS_RE[1].findall(log)
         res.regs = max(regs) if regs else None
-        res.spill = max(spills) if spills else 0
+        res.stack = max((int(f) for f, _, _ in frames), default=0)
+        res.spill = max((int(st) + int(ld) for _, st, ld in frames), default=0)
         res.shared = int(kernel.metadata.shared)
         if res.shared > MAX_SHARED:
             res.error = f"shared memory {res.shared} B > {MAX_SHARED} B (sm_90)"
@@ -279,7 +283,7 @@ def fmt(r: Result) -> str:
     warn = f"  !! {r.error}" if r.error else ""
     warn += "  !! regs" if r.regs and r.regs > MAX_REGS else ""
     return (f"{r.spec:15} {r.dim:4} {r.name:28} {r.config:24} {r.regs or '-':>5} "
-            f"{r.spill:>6} {r.shared:>7} {r.seconds:6.1f}s{warn}")
+            f"{r.stack:>6} {r.spill:>6} {r.shared:>7} {r.seconds:6.1f}s{warn}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                     if key not in seen and wanted:
                         seen.add(key)
                         _JOBS.append(job)
-    print(f"{'spec':15} {'D':>4} {'kernel':28} {'config':24} {'regs':>5} {'spill':>6} "
+    print(f"{'spec':15} {'D':>4} {'kernel':28} {'config':24} {'regs':>5} {'stack':>6} {'spill':>6} "
           f"{'shared':>7} {'time':>7}")
     sys.stdout.flush()
     results: list[Result] = []
