@@ -53,3 +53,24 @@ def test_compile_sm90_runs() -> None:
     assert {row[2] for row in rows} == {"exact_fwd_prepare_kernel", "exact_fwd_h_kernel",
                                         "exact_fwd_o_kernel"}
     assert all("FAIL" not in row and int(row[-5]) > 0 for row in rows), r.stdout
+
+
+def test_gdn_vs_fla_measures_the_fused_kernels(monkeypatch) -> None:
+    """The GPU script's correctness path, on the CPU interpreter (its timing needs CUDA)."""
+    import importlib.util
+
+    import torch
+
+    import miras
+
+    spec = importlib.util.spec_from_file_location("gdn_vs_fla",
+                                                  ROOT / "benchmarks" / "gdn_vs_fla.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "DEV", "cpu")
+    c = miras.compile(ROOT / mod.SPECS["gated_deltanet"])
+    x, go, gw = mod.make(c, 1, 20, 2, 16)
+    out = mod.run(c, x, go, gw, "triton", torch.float32)
+    ref = mod.run(c, x, go, gw, "chunk", torch.float64)
+    assert set(out) == set(ref) and max(mod.rel(out[n], ref[n]) for n in out) < 1e-5
