@@ -76,16 +76,24 @@ def _common(m: ir.Model) -> str | None:
         return "a channel-wise momentum gate is not fused (scalar per head and token only)"
     if m.read == "before_write":
         return "read = before_write is not fused"
-    bias = lower.bias_triton(m.bias)
-    if bias["uses_k"]:
+    if lower.bias_triton(m.bias)["uses_k"]:
         return "a bias that reads the key is not fused"
-    for arg in getattr(m.bias, "args", ()):
-        if not isinstance(arg.value, ir.Const):
-            return f"bias parameter '{arg.name}' must be a constant to be fused"
-    for name in ("delta", "radius"):
-        if not isinstance(getattr(m.bias, name, ir.Const(value=0.0)), ir.Const):
+    for name, value in _bias_params(m.bias):
+        if not isinstance(value, ir.Const):
             return f"bias parameter '{name}' must be a constant to be fused"
     return None
+
+
+def _bias_params(bias: ir.Bias) -> list[tuple[str, Any]]:
+    """The bias's hyper-parameters as ``(name, value)``: a user bias's arguments, or a
+    built-in's ``delta`` / ``radius`` (names as the spec writes them)."""
+    out = [(a.name, a.value) for a in getattr(bias, "args", ())]
+    out += [(n, getattr(bias, n)) for n in ("delta", "radius") if hasattr(bias, n)]
+    return out
+
+
+def _window(m: ir.Model) -> int:
+    return m.window.size if isinstance(m.window, ir.Sliding) else 1
 
 
 def _channel_decay(m: ir.Model, window: int) -> str | None:
@@ -116,7 +124,7 @@ def _family(m: ir.Model) -> Fusion:
     if why:
         return Fusion(None, why)
     mem, ret = m.memory, m.retention
-    window = m.window.size if isinstance(m.window, ir.Sliding) else 1
+    window = _window(m)
     if isinstance(m.parallel, ir.Exact):
         if not isinstance(mem, ir.Matrix):
             return Fusion(None, "the exact chunk form is fused for matrix memory only")
@@ -174,12 +182,10 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     if f.family is None:
         return out
     bias = lower.bias_triton(m.bias)
-    consts = [(lower.user_name(a.name), float(a.value.value))
-              for a in getattr(m.bias, "args", ()) if isinstance(a.value, ir.Const)]
-    for name in ("delta", "radius"):
-        value = getattr(m.bias, name, None)
-        if isinstance(value, ir.Const):
-            consts.append((name, float(value.value)))
+    # a user bias's parameters are named p_<name> in the printed code
+    user = isinstance(m.bias, ir.UserBias)
+    consts = [(lower.user_name(n) if user else n, float(v.value))
+              for n, v in _bias_params(m.bias)]  # all constants: _common checked it
     out["bias"] = {"grad": bias["grad"], "vjp": bias["vjp"], "separable": bias["separable"],
                    "consts": [c for c in consts if c[0] in bias["params"]]}
     act = getattr(m.memory, "act", "identity")
@@ -187,7 +193,7 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     out["residual"] = bool(getattr(m.memory, "residual", False))
     out["depth"] = int(getattr(m.memory, "depth", 1))
     out["norm"] = str(getattr(m.memory, "norm", "none"))
-    out["window"] = m.window.size if isinstance(m.window, ir.Sliding) else 1
+    out["window"] = _window(m)
     out["algorithm"] = m.algorithm.kind
     out["retention"] = m.retention.kind
     out["decay_at"] = getattr(m.retention, "at", "prev")

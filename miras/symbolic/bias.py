@@ -40,6 +40,7 @@ grad = torch.where((t1 <= 1), t0, t0/t1)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import sympy as sp
@@ -295,11 +296,14 @@ def _jac_code(name: str, sym: sp.Symbol, shape: Shape, G: sp.Expr, sb: SymbolicB
     return JacobianCode(name, shape, len(J.terms), print_both(outs, sb.table, sb.names))
 
 
+@functools.lru_cache(maxsize=256)
 def derive_bias(bias: ir.Bias, *, fold: bool = True) -> BiasDerivation:
     """Derive and print everything about a bias (see :class:`BiasDerivation`).
 
     Raises :class:`~miras.symbolic.errors.ConversionError` for a formula without meaning and
     :class:`~miras.symbolic.errors.UnsupportedForm` when sympy cannot differentiate it.
+    Cached per bias (the IR is frozen): the plan, the fusion decision and the kernel
+    template all read the same derivation.
 
     >>> from miras import ir
     >>> d = derive_bias(ir.Dot())
