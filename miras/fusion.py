@@ -1,6 +1,6 @@
 """Which fused Triton kernel family a model belongs to, or the one reason it has none.
 
-Three families are generated from ``templates/triton/`` with the symbolic engine's printed
+Four families are generated from ``templates/triton/`` with the symbolic engine's printed
 Triton code for the bias gradient (and its vector-Jacobian product for the backward pass) and
 for the memory's activation with its first two derivatives:
 
@@ -15,6 +15,14 @@ for the memory's activation with its first two derivatives:
     ``parallel = exact``, GD or implicit GD with a scalar lr, decay ``at=prev`` or ``decayed``:
     DeltaNet, Gated DeltaNet, Longhorn with a per-head step — the WY/UT chunk form, equal to
     the per-token recurrence.
+``scan``
+    matrix memory with a nonlinear retention (``lq``, ``kl``, ``fdiv``, ``bregman``, a user
+    retention, ``elastic_net``, ``soft_threshold``): any feature map and bias as for
+    ``dual``, GD / momentum / implicit GD, no Omega window, scalar retention gates. Per
+    chunk the gradients at the anchor in matmul form, then the linear scan ``Z_t = α_t Z_{t−1}
+    + U_t`` one rank-one token at a time on chip with the per-token weights
+    ``W_t = R(Z_t)`` (softmax, p-norm normalisation, mirror map, soft-threshold) read by
+    ``φ(q_t)``; the backward recomputes each chunk's scan from its checkpoint.
 ``mlp``
     one- or two-layer MLP memory (residual or not, any activation, output norm none /
     layernorm / rmsnorm: TTT-Linear, TTT-MLP), hidden ≤ 4·head_dim, retention ``none`` /
@@ -34,9 +42,10 @@ from typing import Any
 
 from miras import ir
 from miras.symbolic import lower
+from miras.symbolic.errors import SymbolicError
 
 #: The families whose templates are generated today (the others fall back with a reason).
-BUILT: frozenset[str] = frozenset({"dual", "exact", "mlp"})
+BUILT: frozenset[str] = frozenset({"dual", "exact", "mlp", "scan"})
 
 #: Largest Omega window the dual kernel keeps on chip.
 MAX_WINDOW = 16
@@ -66,9 +75,10 @@ def _common(m: ir.Model) -> str | None:
         return f"algorithm '{alg.kind}' has no fused kernel"
     if isinstance(alg, ir.GD) and alg.steps > 1:
         return "multi-step GD re-anchors inside a token; only one step is fused"
-    if not isinstance(ret, ir.NoRetention | ir.Decay):
+    if not isinstance(ret, ir.NoRetention | ir.Decay) and not (
+            isinstance(ret, SCAN_RETENTIONS) and isinstance(m.memory, ir.Matrix)):
         return (f"retention '{ret.kind}' is nonlinear in the weights (needs per-token weights); "
-                "fused retention is none or decay")
+                f"fused retention on {m.memory.kind} memory is none or decay")
     if (isinstance(ret, ir.Decay) and _gate_channel(ret.alpha)
             and not (isinstance(m.memory, ir.Matrix) and not isinstance(m.parallel, ir.Exact))):
         return "a channel-wise decay gate is not fused (scalar per head and token only)"
@@ -119,11 +129,39 @@ def affine(bias: ir.Bias) -> tuple[float, float] | None:
     return None
 
 
+#: Nonlinear retentions whose per-token weights the 'scan' kernels compute (matrix memory).
+SCAN_RETENTIONS = (ir.Lq, ir.KL, ir.FDiv, ir.Bregman, ir.UserRetention, ir.ElasticNet,
+                   ir.SoftThreshold)
+
+
+def _scan(m: ir.Model) -> Fusion:
+    """The 'scan' family (matrix memory, nonlinear retention), or why it falls back."""
+    ret = m.retention
+    if isinstance(m.parallel, ir.Exact):
+        return Fusion(None, f"parallel = exact with retention '{ret.kind}' runs the per-token "
+                      "recurrence (not fused)")
+    if _window(m) > 1:
+        return Fusion(None, f"an Omega window with retention '{ret.kind}' is not fused")
+    for name in ("alpha", "threshold"):
+        if _gate_channel(getattr(ret, name, None)):
+            return Fusion(None, f"a channel-wise {name} in retention '{ret.kind}' is not fused "
+                          "(scalar per head and token only)")
+    if isinstance(ret, ir.Bregman | ir.UserRetention):
+        try:
+            lower.retention_triton(ret)
+        except SymbolicError as e:
+            return Fusion(None, f"the mirror map of retention '{ret.kind}' has no printed "
+                          f"Triton form ({e})")
+    return Fusion("scan")
+
+
 def _family(m: ir.Model) -> Fusion:
     why = _common(m)
     if why:
         return Fusion(None, why)
     mem, ret = m.memory, m.retention
+    if isinstance(ret, SCAN_RETENTIONS):
+        return _scan(m)
     window = _window(m)
     if isinstance(m.parallel, ir.Exact):
         if not isinstance(mem, ir.Matrix):
@@ -198,6 +236,33 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     out["retention"] = m.retention.kind
     out["decay_at"] = getattr(m.retention, "at", "prev")
     out["affine"] = affine(m.bias)
+    if f.family == "scan":
+        out["scan"] = _scan_info(m.retention)
+    return out
+
+
+def _scan_info(ret: ir.Retention) -> dict[str, Any]:
+    """The retention map of the 'scan' kernels as plain data (see ``scan.py.jinja``)."""
+    kinds = {"lq": "lq", "kl": "kl", "fdiv": "fdiv", "bregman": "mirror", "user": "mirror",
+             "elastic_net": "threshold", "soft_threshold": "threshold"}
+    kind = kinds[ret.kind]
+    whole = kind == "lq" or getattr(ret, "softmax_axis", "row") == "all"
+    out: dict[str, Any] = {
+        "kind": kind,
+        # ℓq and FTRL elastic net carry an accumulator A (the retention's base)
+        "accum": isinstance(ret, ir.Lq) or getattr(ret, "form", "") == "ftrl",
+        "lag": isinstance(ret, ir.KL),  # Memora's lag token: a chunk's first token alone
+        "decays": isinstance(ret, ir.Lq | ir.KL | ir.Bregman | ir.ElasticNet),
+        "r": float(ret.q if ret.form == "moneta" else ret.q / (ret.q - 1))
+        if isinstance(ret, ir.Lq) else 2.0,
+        "mass": float(getattr(ret, "scale", 1.0)),
+        "whole": whole,  # the map normalises the whole matrix (no value blocks)
+        "smooth": bool(getattr(ret, "smooth", False)),
+        "reg": isinstance(ret, ir.UserRetention) and ret.definition.regularizer is not None,
+        "code": {},
+    }
+    if isinstance(ret, ir.Bregman | ir.UserRetention):
+        out["code"] = lower.retention_triton(ret)
     return out
 
 

@@ -22,13 +22,14 @@ from miras import ir
 from miras.symbolic.bias import derive_bias, symbolic_bias
 from miras.symbolic.convert import Converter, number
 from miras.symbolic.errors import NoClosedForm
+from miras.symbolic.functions import clean
 from miras.symbolic.params import user_name
 from miras.symbolic.pretty import unicode
 from miras.symbolic.printing import print_block, torch_code
 from miras.symbolic.reductions import SumTable, X
 
 __all__ = ["act_code", "act_triton", "bias_code", "bias_triton", "feature_code", "formula_text",
-           "per_head_code", "retention_code", "user_name"]
+           "per_head_code", "retention_code", "retention_triton", "user_name"]
 
 _H = sp.Symbol("h", real=True)
 _W = sp.Symbol("w", positive=True)
@@ -114,9 +115,9 @@ def _inverse(fprime: sp.Expr, what: str) -> sp.Expr:
     return sp.simplify(real[0])
 
 
-def retention_code(ret: ir.Bregman | ir.UserRetention) -> dict[str, str]:
-    """Mirror map ``F′``, its inverse and ``G′`` (user regulariser) as printed code."""
-    out: dict[str, str] = {}
+def _retention_exprs(ret: ir.Bregman | ir.UserRetention
+                     ) -> tuple[str, sp.Expr, sp.Expr, sp.Expr | None]:
+    """``(doc, F′(w), (F′)⁻¹(u), G(w) or None)`` of a Bregman or user retention."""
     if isinstance(ret, ir.Bregman):
         potential = _POTENTIALS[ret.potential]
         doc = f"potential {ret.potential}"
@@ -135,14 +136,43 @@ def retention_code(ret: ir.Bregman | ir.UserRetention) -> dict[str, str]:
         potential = conv(d.potential) if d.potential is not None else _W**2 / 2
         reg = conv(d.regularizer) if d.regularizer is not None else None
         doc = f"retention {d.name}"
-        if reg is not None:
-            out["reg_doc"] = str(reg).replace("**", "^")
-            out["reg_grad"] = f"return {torch_code(sp.diff(reg, _W), {_W: 'w'})}"
     fprime = sp.diff(potential, _W)
-    inverse = _inverse(fprime, doc)
-    out["doc"] = doc
+    return doc, fprime, _inverse(fprime, doc), reg
+
+
+def retention_code(ret: ir.Bregman | ir.UserRetention) -> dict[str, str]:
+    """Mirror map ``F′``, its inverse and ``G′`` (user regulariser) as printed code."""
+    doc, fprime, inverse, reg = _retention_exprs(ret)
+    out: dict[str, str] = {"doc": doc}
+    if reg is not None:
+        out["reg_doc"] = str(reg).replace("**", "^")
+        out["reg_grad"] = f"return {torch_code(sp.diff(reg, _W), {_W: 'w'})}"
     out["mirror"] = f"return {torch_code(fprime, {_W: 'w'})}"
     out["inverse"] = f"return {torch_code(inverse, {_U: 'u'})}"
+    return out
+
+
+def retention_triton(ret: ir.Bregman | ir.UserRetention) -> dict[str, str]:
+    """Triton bodies of a mirror-descent retention for the fused 'scan' kernels, each
+    element-wise: ``mirror`` = F′(w) and ``dmirror`` = F″(w) (reading ``w``), ``inverse`` =
+    (F′)⁻¹(u) and ``dinverse`` = its derivative (reading ``u``), and for a user regulariser
+    G: ``reg`` = G′(w), ``dreg`` = G″(w) (zero without one).
+
+    >>> retention_triton(ir.Bregman(potential="entropy"))["inverse"]
+    'inverse = tl.exp(u - 1.0)\\n'
+    """
+    _doc, fprime, inverse, reg = _retention_exprs(ret)
+    greg = sp.diff(reg, _W) if reg is not None else sp.Integer(0)
+    pieces = {"mirror": (fprime, _W, "w"), "dmirror": (sp.diff(fprime, _W), _W, "w"),
+              "inverse": (inverse, _U, "u"), "dinverse": (sp.diff(inverse, _U), _U, "u"),
+              "reg": (greg, _W, "w"), "dreg": (sp.diff(greg, _W), _W, "w")}
+    out = {}
+    for name, (e, sym, text) in pieces.items():
+        # simplified: the derivatives of sigmoid-like maps as one fraction, not a difference
+        e = clean(sp.simplify(e)) if name.startswith("d") else e
+        block = print_block([(name, e, "vector")], SumTable([sym]), {sym: text},
+                            "triton", like=text)
+        out[name] = block.source()
     return out
 
 
