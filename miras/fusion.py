@@ -263,6 +263,8 @@ def _scan_info(ret: ir.Retention) -> dict[str, Any]:
     }
     if isinstance(ret, ir.Bregman | ir.UserRetention):
         out["code"] = lower.retention_triton(ret)
+    # the header imports libdevice when some printed or template code calls it
+    out["libdevice"] = " ".join(out["code"].values())
     return out
 
 

@@ -7,10 +7,11 @@ point with one contract, whatever its family::
 
 * ``q, k`` ``[B, H, T, K]`` after the feature map φ (applied here, in PyTorch, so autograd
   reaches the feature coefficients); ``v`` ``[B, H, T, V]``; any float dtype;
-* ``gates``: ``lr`` ``[B, H, T]`` or ``[B, H, T, V]``; ``decay``, ``momentum``, ``gamma``
-  ``[B, H, T]`` — only those the spec has (implicit GD's Longhorn step is folded into ``lr``
-  here);
-* ``state``: fp32 tensors named as :meth:`State.tensors` (``weights.W``, ``momentum.W``, ...);
+* ``gates``: ``lr`` ``[B, H, T]`` or ``[B, H, T, V]``; ``decay``, ``momentum``, ``gamma``,
+  ``threshold`` (a soft-threshold retention's γ) ``[B, H, T]`` — only those the spec has
+  (implicit GD's Longhorn step is folded into ``lr`` here);
+* ``state``: fp32 tensors named as :meth:`State.tensors` (``weights.W``, ``momentum.W``,
+  ``accum.W``, ...);
 * returns ``o`` ``[B, H, T, V]`` in the input dtype and the final state (same names, fp32)
   or ``None``. Differentiable in q, k, v, every gate and the initial state.
 
@@ -35,7 +36,7 @@ from miras.runtime.engine import Fns, Recipe, State, _window_tail, run_chunked
 from miras.runtime.triton_support import interpreted
 
 #: Gates a fused kernel reads (slot names of the plan).
-GATES = ("lr", "decay", "momentum", "gamma")
+GATES = ("lr", "decay", "momentum", "gamma", "threshold")
 
 
 class FallbackWarning(UserWarning):
@@ -84,5 +85,7 @@ def run(module: ModuleType, recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: T
         return o, None
     weights = {n.split(".", 1)[1]: t for n, t in final.items() if n.startswith("weights.")}
     mom = {n.split(".", 1)[1]: t for n, t in final.items() if n.startswith("momentum.")}
+    accum = {n.split(".", 1)[1]: t for n, t in final.items() if n.startswith("accum.")}
     # the next call's Omega window re-reads the last c − 1 tokens (see engine._window_tail)
-    return o, State(weights, mom or None, None, _window_tail(recipe.window, kf, k, v, raw_vals))
+    return o, State(weights, mom or None, accum or None,
+                    _window_tail(recipe.window, kf, k, v, raw_vals))

@@ -1,0 +1,263 @@
+"""The fused 'scan' kernels (matrix memory, nonlinear retention) against the PyTorch chunk
+path and the fp64 recurrence.
+
+Under ``TRITON_INTERPRET=1`` (tests/conftest.py sets it without a GPU). Every case compares
+the output, the final state (weights, momentum, accumulator) and the gradients of a random
+linear loss to q, k, v, every gate and the initial state, by relative error
+‖ref − out‖/‖ref‖: against ``backend="chunk"`` with the same fp32 values, and against
+``backend="reference"`` (the chunk-anchored token-by-token recurrence) in fp64. Every kernel
+output buffer is filled with NaN before the launch (``POISON``), so an element a kernel fails
+to write shows up as NaN.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import miras
+from miras import fusion
+from miras.runtime import fused
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+F32, F64 = torch.float32, torch.float64
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+#: on a GPU fp32 dots run on tf32 tensor cores (the interpreter computes them in fp32)
+TOL_SCALE = 100.0 if DEVICE == "cuda" else 1.0
+
+# the interpreter evaluates both sides of a tl.where (a masked log 0 or 0/0 is expected)
+pytestmark = pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")
+
+GD = "gd(lr=gate(act=sigmoid))"
+MOMENTUM = "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))"
+DECAY = "alpha=gate(act=sigmoid)"
+
+
+def _spec(retention: str, alg: str = GD, bias: str = "l2", init: str = "normal") -> str:
+    return (f"model m {{ memory = matrix(init={init}) bias = {bias} retention = {retention} "
+            f"algorithm = {alg} }}")
+
+
+def _compile(source: str | Path, model: str | None = None) -> miras.Compiled:
+    c = miras.compile(source, model) if model else miras.compile(source)
+    assert c.fused == "scan", c.fused_reason
+    c.kernels.POISON = True
+    return c
+
+
+#: the initial weights each retention's domain needs
+DOMAINS = {"normal": (-1.0, 1.0), "positive": (0.2, 1.0), "unit": (0.2, 0.8),
+           "bounded": (-0.5, 0.5)}
+
+
+def _inputs(c: miras.Compiled, B: int, T: int, H: int, D: int, seed: int, domain: str,
+            lr: tuple[float, float] | None = None) -> dict:
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=F64) * scale
+
+    x = {n: rnd(B, T, H, D, scale=0.5) for n in "qkv"}
+    for n, info in c.gates.items():
+        shape = (B, T, H, D) if info.channel else (B, T, H)
+        lo, hi = {"decay": (0.6, 1.0), "threshold": (0.002, 0.02)}.get(n, (0.2, 1.0))
+        x[f"gate.{n}"] = lo + (hi - lo) * torch.rand(*shape, generator=g, dtype=F64)
+    for slot in c.slots:  # learned hyper-parameters (the threshold θ) get gradients too
+        if slot["source"] == "learned":
+            shape = (H, D) if slot["channel"] else (H,)
+            x[f"slot.{slot['name']}"] = 0.002 + 0.02 * torch.rand(*shape, generator=g,
+                                                                  dtype=F64)
+    if lr is not None:
+        x["gate.lr"] = lr[0] + (lr[1] - lr[0]) * torch.rand(B, T, H, generator=g, dtype=F64)
+    K = c.feature_dim(D)
+    lo, hi = DOMAINS[domain]
+    if domain == "normal":
+        x["W0"] = rnd(B, H, D, K, scale=0.3 / K ** 0.5)
+    else:  # positive entries, or inside (−1, 1) for a bounded mirror map
+        x["W0"] = lo + (hi - lo) * torch.rand(B, H, D, K, generator=g, dtype=F64)
+        if domain == "positive":
+            x["W0"] = x["W0"] / K
+    x["S0"] = rnd(B, H, D, K, scale=0.1 / K ** 0.5)
+    x["A0"] = x["W0"] + rnd(B, H, D, K, scale=0.05 / K ** 0.5)
+    for n in ("o", "W", "S", "A"):
+        x[f"w.{n}"] = rnd(B, T, H, D) if n == "o" else rnd(B, H, D, K)
+    return x
+
+
+def _run(c: miras.Compiled, x: dict, backend: str, dtype: torch.dtype, chunk: int,
+         final: bool = True) -> dict:
+    """Output, final state and the gradients of a random linear loss, as fp64."""
+    x = {n: t.to(DEVICE) for n, t in x.items()}
+    leaves = {n: t.to(dtype).requires_grad_() for n, t in x.items() if not n.startswith("w.")}
+    B, _, H, D = x["q"].shape
+    state = copy.copy(c.initial_state(B, H, D, dtype=dtype, device=DEVICE))
+    state.weights = {"W": leaves["W0"]}
+    if state.momentum is not None:
+        state.momentum = {"W": leaves["S0"]}
+    if state.accum is not None:
+        state.accum = {"W": leaves["A0"]}
+    gates = {n.split(".", 1)[1]: t for n, t in leaves.items() if n.startswith("gate.")}
+    params = {n: t for n, t in leaves.items() if n.startswith("slot.")}
+    o, st = c.functional(leaves["q"], leaves["k"], leaves["v"], backend=backend,
+                         chunk_size=chunk, initial_state=state, output_final_state=final,
+                         params=params, **gates)
+    assert o.dtype == dtype
+    out = {"o": o}
+    loss = (o * x["w.o"].to(dtype)).sum()
+    if final:
+        assert st is not None
+        for key, w in (("W", st.weights), ("S", st.momentum), ("A", st.accum)):
+            if w is not None:
+                out[key] = w["W"]
+                loss = loss + (w["W"] * x[f"w.{key}"].to(dtype)).sum()
+    used = {n: t for n, t in leaves.items()
+            if (n != "S0" or state.momentum is not None) and (n != "A0" or state.accum is not None)}
+    grads = torch.autograd.grad(loss, list(used.values()), allow_unused=True)
+    out.update({f"d{n}": gr for n, gr in zip(used, grads, strict=True) if gr is not None})
+    return {n: t.detach().to(device="cpu", dtype=F64) for n, t in out.items()}
+
+
+def _rel(ref: torch.Tensor, out: torch.Tensor) -> float:
+    return float((ref - out).norm() / ref.norm().clamp_min(1e-30))
+
+
+def _check(c: miras.Compiled, *, B: int = 1, T: int = 40, H: int = 2, D: int = 16,
+           chunk: int = 16, seed: int = 0, tol: float = 1e-4, domain: str = "normal",
+           reference: bool = True, final: bool = True, tols: dict | None = None,
+           lr: tuple[float, float] | None = None) -> dict[str, float]:
+    x = _inputs(c, B, T, H, D, seed, domain, lr)
+    out = _run(c, x, "triton", F32, chunk, final)
+    errors = {}
+    refs = [("chunk", _run(c, x, "chunk", F32, chunk, final))]
+    if reference:
+        refs.append(("reference", _run(c, x, "reference", F64, chunk, final)))
+    for name, ref in refs:
+        assert ref.keys() == out.keys()
+        for key, r in ref.items():
+            assert torch.isfinite(out[key]).all(), f"{key}: not every element written"
+            err = _rel(r, out[key])
+            errors[f"{name}.{key}"] = err
+            limit = (tols or {}).get(key, tol) * TOL_SCALE
+            assert err < limit, f"{key} vs {name}: relative error {err:.2e}"
+    return errors
+
+
+def _bounded(alg: str = GD) -> str:
+    """custom_retention.miras's bounded_memory (atanh/tanh mirror map, a regulariser), with
+    another algorithm."""
+    text = (EXAMPLES / "custom_retention.miras").read_text()
+    return text.replace("algorithm = gd(lr=gate(act=sigmoid))\n    parallel = chunk(size=64)\n}",
+                        f"algorithm = {alg}\n    parallel = chunk(size=64)\n}}")
+
+
+# (retention, algorithm, bias, memory init, weights' domain): every map with GD and momentum
+CASES = {
+    "lq": ("lq(q=4, alpha=gate(act=sigmoid))", GD, "l2", "normal", "normal"),
+    "lq_momentum": ("lq(q=3, alpha=gate(act=sigmoid))", MOMENTUM, "l2", "normal", "normal"),
+    # r = q/(q − 1) < 2: the norm multiplies (no clamp)
+    "lq_ftrl_huber": ("lq(q=4, form=ftrl)", GD, "huber(delta=0.5)", "normal", "normal"),
+    "kl": ("kl(alpha=gate(act=sigmoid))", GD, "l2", "uniform", "positive"),
+    "kl_all_momentum": ("kl(alpha=gate(act=sigmoid), scale=2.0, softmax_axis=all)", MOMENTUM,
+                        "huber_norm(delta=1.0)", "uniform", "positive"),
+    "fdiv": ("fdiv(scale=1.0)", GD, "l2", "uniform", "positive"),
+    "fdiv_momentum": ("fdiv(scale=0.5)", MOMENTUM, "lp(p=3)", "uniform", "positive"),
+    "entropy": ("bregman(potential=entropy, alpha=gate(act=sigmoid))", GD, "l2", "uniform",
+                "positive"),
+    "logit_momentum": ("bregman(potential=logit, alpha=gate(act=sigmoid))", MOMENTUM, "l2",
+                       "uniform", "unit"),
+    "elastic_net": ("elastic_net(alpha=gate(act=sigmoid), threshold=learned(init=0.01))", GD,
+                    "l2", "normal", "normal"),
+    "elastic_ftrl_smooth_momentum": (
+        "elastic_net(alpha=gate(act=sigmoid), threshold=0.01, form=ftrl, smooth=true)",
+        MOMENTUM, "l2", "normal", "normal"),
+    "soft_threshold_smooth": ("soft_threshold(threshold=learned(init=0.01), smooth=true)",
+                              "implicit_gd(lr=gate(act=sigmoid))", "l2", "normal", "normal"),
+    "soft_threshold_momentum": ("soft_threshold(threshold=learned(init=0.01))", MOMENTUM, "l2",
+                                "normal", "normal"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_retentions(case: str) -> None:
+    retention, alg, bias, init, domain = CASES[case]
+    c = _compile(_spec(retention, alg, bias, init))
+    _check(c, domain=domain, seed=len(case))
+
+
+@pytest.mark.parametrize("alg", [GD, MOMENTUM])
+def test_bounded_memory_example(alg: str) -> None:
+    # a small lr keeps tanh away from ±1, where atanh of the next chunk's start is
+    # ill-conditioned (rounding, not the kernels, would then dominate the comparison)
+    m = miras.load(EXAMPLES / "custom_retention.miras", "bounded_memory")
+    assert fusion.decide(m).family == "scan"
+    c = _compile(EXAMPLES / "custom_retention.miras", "bounded_memory") if alg == GD else \
+        _compile(_bounded(alg), "bounded_memory")
+    _check(c, domain="bounded", lr=(0.02, 0.1))
+
+
+def test_value_blocks_and_partial_chunk() -> None:
+    # head_dim 48: two value blocks of 32 for a row softmax; T = 37 ends inside a chunk and,
+    # without a final state, the kernels run that partial chunk themselves; the lag token
+    c = _compile(_spec("kl(alpha=gate(act=sigmoid))", MOMENTUM, "l2", "uniform"))
+    assert c.kernels.SPLIT_V and c.kernels.LAG
+    _check(c, T=37, D=48, domain="positive", final=False, reference=False)
+    # an element-wise map, with the final state
+    c = _compile(_spec("elastic_net(alpha=gate(act=sigmoid), threshold=0.005)", GD, "lp(p=3)"))
+    assert c.kernels.SPLIT_V
+    _check(c, T=21, D=40, chunk=8, reference=False)
+
+
+def test_whole_matrix_maps_keep_one_value_block() -> None:
+    # ℓq normalises the whole matrix: one program holds all of V
+    c = _compile(_spec("lq(q=4)", GD))
+    assert not c.kernels.SPLIT_V
+    _check(c, T=19, D=40, chunk=8, final=False, reference=False)
+
+
+def test_non_fused_combinations_warn_with_their_reason() -> None:
+    for spec, why in [
+        (_spec("kl(alpha=gate(act=sigmoid))", GD, "l2", "uniform")
+         .replace("}", "window = sliding(size=3) }"), "Omega window"),
+        (_spec("lq(q=4)", "muon(lr=gate(act=sigmoid))"), "Muon"),
+    ]:
+        c = miras.compile(spec)
+        assert c.fused is None and why in c.fused_reason
+        x = _inputs(c, 1, 8, 1, 8, 0, "positive")
+        q, k, v = (x[n].float().to(DEVICE) for n in "qkv")
+        gates = {n.split(".", 1)[1]: t.float().to(DEVICE) for n, t in x.items()
+                 if n.startswith("gate.")}
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            o, _ = c.functional(q, k, v, backend="triton", chunk_size=4, **gates)
+        assert any(issubclass(w.category, fused.FallbackWarning) and why in str(w.message)
+                   for w in rec)
+        ref, _ = c.functional(q, k, v, backend="chunk", chunk_size=4, **gates)
+        torch.testing.assert_close(o, ref)
+
+
+def test_fusion_reasons() -> None:
+    def reason(spec: str) -> str:
+        return fusion.decide(miras.load(spec)).reason
+
+    assert fusion.decide(miras.load(_spec("kl()", init="uniform"))).family == "scan"
+    mlp = ("model m { memory = mlp(depth=2) bias = l2 retention = lq(q=4) "
+           "algorithm = gd(lr=gate(act=sigmoid)) }")
+    assert "on mlp memory" in reason(mlp)
+    for name in ("memora", "moneta"):  # MLP memories: still the PyTorch chunk path
+        assert fusion.decide(miras.load(EXAMPLES / f"{name}.miras")).family is None
+
+
+def test_bf16_inputs_keep_their_dtype() -> None:
+    # the same bf16-rounded values through the fp32 chunk path: what differs is the rounding
+    # of the kernels' bf16 outputs and gradients
+    c = _compile(_spec("soft_threshold(threshold=0.01, smooth=true)", GD))
+    x = {n: t.to(torch.bfloat16).to(F64) for n, t in _inputs(c, 1, 24, 2, 16, 3,
+                                                            "normal").items()}
+    out = _run(c, x, "triton", torch.bfloat16, 8)
+    ref = _run(c, x, "chunk", F32, 8)
+    for key in ref:
+        assert _rel(ref[key], out[key]) < 2e-2, key
