@@ -261,3 +261,42 @@ def test_bf16_inputs_keep_their_dtype() -> None:
     ref = _run(c, x, "chunk", F32, 8)
     for key in ref:
         assert _rel(ref[key], out[key]) < 2e-2, key
+
+
+def test_channel_wise_lr() -> None:
+    # η [B, T, H, D] scales the anchor gradient's value rows
+    c = _compile(_spec("kl(alpha=gate(act=sigmoid))", "gd(lr=gate(act=sigmoid, channel=true))",
+                       "l2", "uniform"))
+    assert c.gates["lr"].channel
+    _check(c, T=21, chunk=8, domain="positive")
+
+
+def test_fused_state_continues_like_one_call() -> None:
+    # ℓq: the accumulator comes back from the kernels; a call that ends inside a chunk leaves
+    # a state the next call continues
+    c = _compile(_spec("lq(q=4, alpha=gate(act=sigmoid))", MOMENTUM))
+    B, T, H, D, cut, chunk = 1, 21, 2, 16, 13, 8
+    x = {n: t.float() for n, t in _inputs(c, B, T, H, D, 1, "normal").items()}
+    q, k, v = x["q"], x["k"], x["v"]
+    gates = {n.split(".", 1)[1]: t for n, t in x.items() if n.startswith("gate.")}
+
+    def sl(a: int, b: int) -> dict[str, torch.Tensor]:
+        return {n: t[:, a:b] for n, t in gates.items()}
+
+    o_ref, s_ref = c.functional(q, k, v, backend="chunk", chunk_size=chunk, **gates)
+    o1, s1 = c.functional(q[:, :cut], k[:, :cut], v[:, :cut], backend="triton",
+                          chunk_size=chunk, **sl(0, cut))
+    o2, s2 = c.functional(q[:, cut:], k[:, cut:], v[:, cut:], initial_state=s1,
+                          backend="chunk", chunk_size=chunk, **sl(cut, T))
+    assert s_ref is not None and s2 is not None and s2.accum is not None
+    torch.testing.assert_close(torch.cat([o1, o2], 1), o_ref, rtol=1e-4, atol=1e-5)
+    for a, b in ((s2.weights, s_ref.weights), (s2.accum, s_ref.accum),
+                 (s2.momentum, s_ref.momentum)):
+        torch.testing.assert_close(a["W"], b["W"], rtol=1e-4, atol=1e-5)
+
+
+def test_chunk_of_one_is_the_recurrence() -> None:
+    # chunk 1: every token is its own group (the exact per-token recurrence of the paper)
+    c = _compile(_spec("bregman(potential=entropy, alpha=gate(act=sigmoid))", MOMENTUM, "l2",
+                       "uniform"))
+    _check(c, T=7, chunk=1, domain="positive")
