@@ -18,7 +18,7 @@ for the memory's activation with its first two derivatives:
 ``scan``
     matrix memory with a nonlinear retention (``lq``, ``kl``, ``fdiv``, ``bregman``, a user
     retention, ``elastic_net``, ``soft_threshold``): any feature map and bias as for
-    ``dual``, GD / momentum / implicit GD, no Omega window, scalar retention gates. Per
+    ``dual``, GD / momentum / implicit GD, Omega window ``c ≤ 16``, scalar retention gates. Per
     chunk the gradients at the anchor in matmul form, then the linear scan ``Z_t = α_t Z_{t−1}
     + U_t`` one rank-one token at a time on chip with the per-token weights
     ``W_t = R(Z_t)`` (softmax, p-norm normalisation, mirror map, soft-threshold) read by
@@ -134,14 +134,26 @@ SCAN_RETENTIONS = (ir.Lq, ir.KL, ir.FDiv, ir.Bregman, ir.UserRetention, ir.Elast
                    ir.SoftThreshold)
 
 
+def _matrix_window(m: ir.Model, window: int) -> str | None:
+    """Why the matrix-memory kernels (dual, scan) cannot run the Omega window (``None``: they
+    can)."""
+    if window > MAX_WINDOW:
+        return f"an Omega window of {window} tokens is more than the fused kernel's {MAX_WINDOW}"
+    if window > 1 and _gate_channel(getattr(m.algorithm, "lr", None)):
+        return ("a channel-wise lr with an Omega window is not fused (its coefficients differ "
+                "per channel)")
+    return None
+
+
 def _scan(m: ir.Model) -> Fusion:
     """The 'scan' family (matrix memory, nonlinear retention), or why it falls back."""
     ret = m.retention
     if isinstance(m.parallel, ir.Exact):
         return Fusion(None, f"parallel = exact with retention '{ret.kind}' runs the per-token "
                       "recurrence (not fused)")
-    if _window(m) > 1:
-        return Fusion(None, f"an Omega window with retention '{ret.kind}' is not fused")
+    why = _matrix_window(m, _window(m))
+    if why:
+        return Fusion(None, why)
     for name in ("alpha", "threshold"):
         if _gate_channel(getattr(ret, name, None)):
             return Fusion(None, f"a channel-wise {name} in retention '{ret.kind}' is not fused "
@@ -180,12 +192,9 @@ def _family(m: ir.Model) -> Fusion:
         return Fusion(None, "decay(at=decayed) with chunk anchoring is not fused (use at=prev "
                       "or parallel = exact)")
     if isinstance(mem, ir.Matrix):
-        if window > MAX_WINDOW:
-            return Fusion(None, f"an Omega window of {window} tokens is more than the fused "
-                          f"kernel's {MAX_WINDOW}")
-        if window > 1 and _gate_channel(getattr(m.algorithm, "lr", None)):
-            return Fusion(None, "a channel-wise lr with an Omega window is not fused (its "
-                          "coefficients differ per channel)")
+        why = _matrix_window(m, window)
+        if why:
+            return Fusion(None, why)
         if isinstance(ret, ir.Decay) and _gate_channel(ret.alpha):
             why = _channel_decay(m, window)
             if why:
