@@ -20,9 +20,9 @@ for the memory's activation with its first two derivatives:
     retention, ``elastic_net``, ``soft_threshold``): any feature map and bias as for
     ``dual``, GD / momentum / implicit GD, Omega window ``c ≤ 16``, scalar retention gates. Per
     chunk the gradients at the anchor in matmul form, then the linear scan ``Z_t = α_t Z_{t−1}
-    + U_t`` one rank-one token at a time on chip with the per-token weights
-    ``W_t = R(Z_t)`` (softmax, p-norm normalisation, mirror map, soft-threshold) read by
-    ``φ(q_t)``; the backward recomputes each chunk's scan from its checkpoint.
+    + U_t`` one token at a time on chip with the per-token weights ``W_t = R(β_t M + Z_t)``
+    (softmax, p-norm normalisation, mirror map, soft-threshold) read by ``φ(q_t)``; the
+    backward recomputes each chunk's scan from its checkpoint.
 ``mlp``
     one- or two-layer MLP memory (residual or not, any activation, output norm none /
     layernorm / rmsnorm: TTT-Linear, TTT-MLP), hidden ≤ 4·head_dim, retention ``none`` /
