@@ -18,7 +18,8 @@ for the memory's activation with its first two derivatives:
 ``scan``
     matrix memory with a nonlinear retention (``lq``, ``kl``, ``fdiv``, ``bregman``, a user
     retention, ``elastic_net``, ``soft_threshold``): any feature map and bias as for
-    ``dual``, GD / momentum / implicit GD, Omega window ``c ≤ 16``, scalar retention gates. Per
+    ``dual``, GD / momentum / implicit GD, Omega window ``c ≤ 16``, a channel-wise decay
+    (with an element-wise feature map). Per
     chunk the gradients at the anchor in matmul form, then the linear scan ``Z_t = α_t Z_{t−1}
     + U_t`` one token at a time on chip with the per-token weights ``W_t = R(β_t M + Z_t)``
     (softmax, p-norm normalisation, mirror map, soft-threshold) read by ``φ(q_t)``; the
@@ -154,10 +155,13 @@ def _scan(m: ir.Model) -> Fusion:
     why = _matrix_window(m, _window(m))
     if why:
         return Fusion(None, why)
-    for name in ("alpha", "threshold"):
-        if _gate_channel(getattr(ret, name, None)):
-            return Fusion(None, f"a channel-wise {name} in retention '{ret.kind}' is not fused "
-                          "(scalar per head and token only)")
+    if _gate_channel(getattr(ret, "threshold", None)):
+        return Fusion(None, f"a channel-wise threshold in retention '{ret.kind}' is not fused "
+                      "(scalar per head and token only)")
+    if (_gate_channel(getattr(ret, "alpha", None))
+            and not isinstance(m.feature, ir.Identity | ir.UserFeature)):
+        return Fusion(None, f"a channel-wise decay with the '{m.feature.kind}' feature map is "
+                      "not fused (it has head_dim channels, φ(k) has more)")
     if isinstance(ret, ir.Bregman | ir.UserRetention):
         try:
             lower.retention_triton(ret)

@@ -125,7 +125,7 @@ def _rel(ref: torch.Tensor, out: torch.Tensor) -> float:
     return float((ref - out).norm() / ref.norm().clamp_min(1e-30))
 
 
-def _check(c: miras.Compiled, *, B: int = 1, T: int = 40, H: int = 2, D: int = 16,
+def _check(c: miras.Compiled, *, B: int = 1, T: int = 36, H: int = 2, D: int = 16,
            chunk: int = 16, seed: int = 0, tol: float = 2e-5, domain: str = "normal",
            reference: bool = True, final: bool = True, tols: dict | None = None,
            lr: tuple[float, float] | None = None) -> dict[str, float]:
@@ -200,11 +200,11 @@ def test_bounded_memory_example(alg: str) -> None:
 
 
 def test_value_blocks_and_partial_chunk() -> None:
-    # head_dim 48: two value blocks of 32 for a row softmax; T = 37 ends inside a chunk and,
+    # head_dim 48: two value blocks of 32 for a row softmax; T = 21 ends inside a chunk and,
     # without a final state, the kernels run that partial chunk themselves; the lag token
     c = _compile(_spec("kl(alpha=gate(act=sigmoid))", MOMENTUM, "l2", "uniform"))
     assert c.kernels.SPLIT_V and c.kernels.LAG
-    _check(c, T=37, D=48, domain="positive", final=False, reference=False)
+    _check(c, T=21, D=48, chunk=8, domain="positive", final=False, reference=False)
     # an element-wise map, with the final state
     c = _compile(_spec("elastic_net(alpha=gate(act=sigmoid), threshold=0.005)", GD, "lp(p=3)"))
     assert c.kernels.SPLIT_V
@@ -239,6 +239,10 @@ def test_non_fused_combinations_warn_with_their_reason() -> None:
                    for w in rec)
         ref, _ = c.functional(q, k, v, backend="chunk", chunk_size=4, **gates)
         torch.testing.assert_close(o, ref)
+    # (the PyTorch path itself cannot scale φ(k)'s columns by head_dim channels: decision only)
+    spec = _spec("elastic_net(alpha=gate(act=sigmoid, channel=true))").replace(
+        "}", "feature = poly(degree=2) }")
+    assert "channel-wise decay with the 'poly'" in fusion.decide(miras.load(spec)).reason
 
 
 def test_fusion_reasons() -> None:
@@ -315,3 +319,16 @@ def test_omega_window(retention: str, alg: str, window: str, chunk: int) -> None
     c = _compile(_spec(retention, alg, "l2", init).replace("}", f"window = {window} }}"))
     assert c.kernels.WINDOW > 1
     _check(c, T=19, chunk=chunk, domain="positive" if init == "uniform" else "normal")
+
+
+@pytest.mark.parametrize(("retention", "alg", "extra"), [
+    ("kl(alpha=gate(act=sigmoid, channel=true))", MOMENTUM, ""),
+    # the accumulator with per-column β, and a window
+    ("lq(q=4, alpha=gate(act=sigmoid, channel=true))", GD, "window = sliding(size=3)"),
+])
+def test_channel_wise_decay(retention: str, alg: str, extra: str) -> None:
+    # α [B, T, H, K] scales the key columns of Z (and β_t of the base)
+    init = "uniform" if retention.startswith("kl") else "normal"
+    c = _compile(_spec(retention, alg, "l2", init).replace("}", f"{extra} }}"))
+    assert c.gates["decay"].channel
+    _check(c, T=21, chunk=8, domain="positive" if init == "uniform" else "normal")
