@@ -66,14 +66,19 @@ _LOG2 = repr(math.log(2.0))
 _Fmt = Callable[[list[str]], str]
 
 
+def _paren(text: str) -> str:
+    """``text`` as an operand: a name as it is, anything else in parentheses."""
+    return text if text.isidentifier() else f"({text})"
+
+
 def _tanh_triton(a: list[str]) -> str:
-    x = f"({a[0]})"
+    x = _paren(a[0])
     return (f"tl.where(tl.abs({x}) < 0.0625, {x} - {x}*{x}*{x}/3.0 + 2.0*{x}*{x}*{x}*{x}*{x}/15.0, "
             f"2.0*tl.sigmoid(2.0*{x}) - 1.0)")
 
 
 def _sinh_triton(a: list[str]) -> str:
-    x = f"({a[0]})"
+    x = _paren(a[0])
     return (f"tl.where(tl.abs({x}) < 0.0625, {x} + {x}*{x}*{x}/6.0 + {x}*{x}*{x}*{x}*{x}/120.0, "
             f"0.5*(tl.exp({x}) - tl.exp(-{x})))")
 

@@ -12,7 +12,10 @@ to write shows up as NaN.
 
 from __future__ import annotations
 
+import ast
 import copy
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import torch
 
 import miras
 from miras import fusion
+from miras.compiler import build_plan, render_triton
 from miras.runtime import fused
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -332,3 +336,23 @@ def test_channel_wise_decay(retention: str, alg: str, extra: str) -> None:
     c = _compile(_spec(retention, alg, "l2", init).replace("}", f"{extra} }}"))
     assert c.gates["decay"].channel
     _check(c, T=21, chunk=8, domain="positive" if init == "uniform" else "normal")
+
+
+def test_generated_modules_are_deterministic_and_lint_clean(tmp_path: Path) -> None:
+    # each retention prints different pieces into the template: every kind once
+    specs = {"bounded": (EXAMPLES / "custom_retention.miras", "bounded_memory")}
+    for case in ("lq_ftrl_huber", "kl_all_momentum", "fdiv", "logit_momentum",
+                 "elastic_ftrl_smooth_momentum", "soft_threshold_momentum"):
+        retention, alg, bias, init, _ = CASES[case]
+        specs[case] = (_spec(retention, alg, bias, init), None)
+    for name, (source, model) in specs.items():
+        p = build_plan(source, model)
+        text = render_triton(p)
+        assert text is not None and text == render_triton(p)
+        assert 'FAMILY = "scan"' in text
+        ast.parse(text)
+        (tmp_path / f"{name}_triton.py").write_text(text)
+    ruff = subprocess.run([sys.executable, "-m", "ruff", "check", "--config",
+                           str(EXAMPLES.parent / "pyproject.toml"), str(tmp_path)],
+                          capture_output=True, text=True)
+    assert ruff.returncode == 0, ruff.stdout
