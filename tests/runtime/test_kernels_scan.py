@@ -26,6 +26,7 @@ import miras
 from miras import fusion
 from miras.compiler import build_plan, render_triton
 from miras.runtime import fused
+from miras.runtime import triton_support as ts
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 F32, F64 = torch.float32, torch.float64
@@ -200,19 +201,19 @@ def test_bounded_memory_example(alg: str) -> None:
     assert fusion.decide(m).family == "scan"
     c = _compile(EXAMPLES / "custom_retention.miras", "bounded_memory") if alg == GD else \
         _compile(_bounded(alg), "bounded_memory")
-    _check(c, domain="bounded", lr=(0.02, 0.1))
+    _check(c, T=24, domain="bounded", lr=(0.02, 0.1))
 
 
 def test_value_blocks_and_partial_chunk() -> None:
-    # head_dim 48: two value blocks of 32 for a row softmax; T = 21 ends inside a chunk and,
+    # head_dim 48: two value blocks of 32 for a row softmax; T = 13 ends inside a chunk and,
     # without a final state, the kernels run that partial chunk themselves; the lag token
     c = _compile(_spec("kl(alpha=gate(act=sigmoid))", MOMENTUM, "l2", "uniform"))
     assert c.kernels.SPLIT_V and c.kernels.LAG
-    _check(c, T=21, D=48, chunk=8, domain="positive", final=False, reference=False)
+    _check(c, T=13, D=48, chunk=8, domain="positive", final=False, reference=False)
     # an element-wise map, with the final state
     c = _compile(_spec("elastic_net(alpha=gate(act=sigmoid), threshold=0.005)", GD, "lp(p=3)"))
     assert c.kernels.SPLIT_V
-    _check(c, T=21, D=40, chunk=8, reference=False)
+    _check(c, T=19, D=40, chunk=8, reference=False)
 
 
 def test_whole_matrix_maps_keep_one_value_block() -> None:
@@ -356,3 +357,16 @@ def test_generated_modules_are_deterministic_and_lint_clean(tmp_path: Path) -> N
                            str(EXAMPLES.parent / "pyproject.toml"), str(tmp_path)],
                           capture_output=True, text=True)
     assert ruff.returncode == 0, ruff.stdout
+
+
+def test_dims_limit_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # on a GPU a program holds a whole row block of W: too large a one falls back (the
+    # interpreter runs any)
+    lq = _compile(_spec("lq(q=4)"))  # the whole matrix in one program
+    kl = _compile(_spec("kl()", init="uniform"))  # value blocks of 32 rows
+    monkeypatch.setattr(ts, "interpreted", lambda: True)
+    assert lq.kernels.unsupported(1024, 1024) is None
+    monkeypatch.setattr(ts, "interpreted", lambda: False)
+    assert "1024" in lq.kernels.unsupported(1024, 16)
+    assert "entries" in lq.kernels.unsupported(256, 128)
+    assert lq.kernels.unsupported(128, 128) is None and kl.kernels.unsupported(256, 256) is None
