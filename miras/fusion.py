@@ -16,9 +16,10 @@ for the memory's activation with its first two derivatives:
     DeltaNet, Gated DeltaNet, Longhorn with a per-head step — the WY/UT chunk form, equal to
     the per-token recurrence.
 ``mlp``
-    one- or two-layer MLP memory (residual or not, any activation, output norm none /
-    layernorm / rmsnorm: TTT-Linear, TTT-MLP), hidden ≤ 4·head_dim, retention ``none`` /
-    ``decay(at=prev)``, GD or momentum, chunk-anchored (the dual form per layer).
+    one- or two-layer MLP memory or the gated MLP (Atlas++'s ``x + W_out(act(W_in x) ⊙
+    W_gate x)``), residual or not, any activation, output norm none / layernorm / rmsnorm
+    (TTT-Linear, TTT-MLP), hidden ≤ 4·head_dim, retention ``none`` / ``decay(at=prev)``, GD
+    or momentum, no window: chunk-anchored (the dual form per layer).
 
 Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
 
@@ -92,6 +93,12 @@ def _bias_params(bias: ir.Bias) -> list[tuple[str, Any]]:
     return out
 
 
+def _depth(mem: ir.Memory) -> int:
+    """Weight layers from input to output: the gated MLP is two deep (W_in and W_gate side
+    by side, then W_out)."""
+    return 2 if isinstance(mem, ir.GatedMLP) else int(getattr(mem, "depth", 1))
+
+
 def _window(m: ir.Model) -> int:
     return m.window.size if isinstance(m.window, ir.Sliding) else 1
 
@@ -153,18 +160,19 @@ def _family(m: ir.Model) -> Fusion:
             if why:
                 return Fusion(None, why)
         return Fusion("dual")
-    if isinstance(mem, ir.MLP):
-        if mem.depth > 2:
+    if isinstance(mem, ir.MLP | ir.GatedMLP):
+        if isinstance(mem, ir.MLP) and mem.depth > 2:
             return Fusion(None, f"MLP memory of depth {mem.depth} is not fused (depth 1 and 2 "
                           "are)")
-        if mem.depth == 2 and mem.expansion > 4:
+        if _depth(mem) == 2 and mem.expansion > 4:
             return Fusion(None, "MLP memory wider than 4 × head_dim is not fused")
         if not isinstance(m.feature, ir.Identity):
             return Fusion(None, "a feature map on an MLP memory is not fused")
         if window > 1:
             return Fusion(None, "an Omega window on an MLP memory is not fused")
         return Fusion("mlp")
-    return Fusion(None, f"{mem.kind} memory is not fused (matrix and 1- or 2-layer MLP are)")
+    return Fusion(None, f"{mem.kind} memory is not fused (matrix, 1- or 2-layer and gated MLP "
+                  "are)")
 
 
 def decide(m: ir.Model) -> Fusion:
@@ -191,7 +199,8 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     act = getattr(m.memory, "act", "identity")
     out["act"] = lower.act_triton(act)
     out["residual"] = bool(getattr(m.memory, "residual", False))
-    out["depth"] = int(getattr(m.memory, "depth", 1))
+    out["depth"] = _depth(m.memory)
+    out["gated"] = isinstance(m.memory, ir.GatedMLP)
     out["norm"] = str(getattr(m.memory, "norm", "none"))
     out["window"] = _window(m)
     out["algorithm"] = m.algorithm.kind
