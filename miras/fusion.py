@@ -19,7 +19,9 @@ for the memory's activation with its first two derivatives:
     one- or two-layer MLP memory or the gated MLP (Atlas++'s ``x + W_out(act(W_in x) ⊙
     W_gate x)``), residual or not, any activation, output norm none / layernorm / rmsnorm
     (TTT-Linear, TTT-MLP), hidden ≤ 4·head_dim, retention ``none`` / ``decay(at=prev)``, GD
-    or momentum, no window: chunk-anchored (the dual form per layer).
+    or momentum, no window: chunk-anchored (the dual form per layer). Any feature map
+    (applied before the kernel; the residual adds the raw key / query; feature dim ≤ 128):
+    DeepTransformer, DLA.
 
 Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
 
@@ -166,8 +168,6 @@ def _family(m: ir.Model) -> Fusion:
                           "are)")
         if _depth(mem) == 2 and mem.expansion > 4:
             return Fusion(None, "MLP memory wider than 4 × head_dim is not fused")
-        if not isinstance(m.feature, ir.Identity):
-            return Fusion(None, "a feature map on an MLP memory is not fused")
         if window > 1:
             return Fusion(None, "an Omega window on an MLP memory is not fused")
         return Fusion("mlp")
@@ -201,6 +201,7 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     out["residual"] = bool(getattr(m.memory, "residual", False))
     out["depth"] = _depth(m.memory)
     out["gated"] = isinstance(m.memory, ir.GatedMLP)
+    out["feature"] = "user" if isinstance(m.feature, ir.UserFeature) else m.feature.kind
     out["norm"] = str(getattr(m.memory, "norm", "none"))
     out["window"] = _window(m)
     out["algorithm"] = m.algorithm.kind
