@@ -19,9 +19,10 @@ for the memory's activation with its first two derivatives:
     one- or two-layer MLP memory or the gated MLP (Atlas++'s ``x + W_out(act(W_in x) ⊙
     W_gate x)``), residual or not, any activation, output norm none / layernorm / rmsnorm
     (TTT-Linear, TTT-MLP), hidden ≤ 4·head_dim, retention ``none`` / ``decay(at=prev)``, GD
-    or momentum, no window: chunk-anchored (the dual form per layer). Any feature map
-    (applied before the kernel; the residual adds the raw key / query; feature dim ≤ 128):
-    DeepTransformer, DLA.
+    or momentum: chunk-anchored (the dual form per layer). Any feature map (applied before
+    the kernel; the residual adds the raw key / query; feature dim ≤ 128): DeepTransformer,
+    DLA. Omega window ``c ≤ 16`` with a scalar lr (the c − 1 tokens before a chunk join its
+    gradient rows): Dot, SWDT, OmegaNet.
 
 Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
 
@@ -41,7 +42,7 @@ from miras.symbolic import lower
 #: The families whose templates are generated today (the others fall back with a reason).
 BUILT: frozenset[str] = frozenset({"dual", "exact", "mlp"})
 
-#: Largest Omega window the dual kernel keeps on chip.
+#: Largest Omega window the dual and mlp kernels keep on chip.
 MAX_WINDOW = 16
 
 
@@ -105,6 +106,16 @@ def _window(m: ir.Model) -> int:
     return m.window.size if isinstance(m.window, ir.Sliding) else 1
 
 
+def _window_limit(m: ir.Model, window: int) -> str | None:
+    """Why the dual and mlp kernels cannot run this Omega window (``None``: they can)."""
+    if window > MAX_WINDOW:
+        return f"an Omega window of {window} tokens is more than the fused kernel's {MAX_WINDOW}"
+    if window > 1 and _gate_channel(getattr(m.algorithm, "lr", None)):
+        return ("a channel-wise lr with an Omega window is not fused (its coefficients differ "
+                "per channel)")
+    return None
+
+
 def _channel_decay(m: ir.Model, window: int) -> str | None:
     """Why the dual kernels cannot run a channel-wise decay on the key dim (``None``: they can)."""
     if not isinstance(m.feature, ir.Identity | ir.UserFeature):
@@ -151,12 +162,9 @@ def _family(m: ir.Model) -> Fusion:
         return Fusion(None, "decay(at=decayed) with chunk anchoring is not fused (use at=prev "
                       "or parallel = exact)")
     if isinstance(mem, ir.Matrix):
-        if window > MAX_WINDOW:
-            return Fusion(None, f"an Omega window of {window} tokens is more than the fused "
-                          f"kernel's {MAX_WINDOW}")
-        if window > 1 and _gate_channel(getattr(m.algorithm, "lr", None)):
-            return Fusion(None, "a channel-wise lr with an Omega window is not fused (its "
-                          "coefficients differ per channel)")
+        why = _window_limit(m, window)
+        if why:
+            return Fusion(None, why)
         if isinstance(ret, ir.Decay) and _gate_channel(ret.alpha):
             why = _channel_decay(m, window)
             if why:
@@ -168,8 +176,9 @@ def _family(m: ir.Model) -> Fusion:
                           "are)")
         if _depth(mem) == 2 and mem.expansion > 4:
             return Fusion(None, "MLP memory wider than 4 × head_dim is not fused")
-        if window > 1:
-            return Fusion(None, "an Omega window on an MLP memory is not fused")
+        why = _window_limit(m, window)
+        if why:
+            return Fusion(None, why)
         return Fusion("mlp")
     return Fusion(None, f"{mem.kind} memory is not fused (matrix, 1- or 2-layer and gated MLP "
                   "are)")

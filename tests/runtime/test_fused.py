@@ -26,7 +26,7 @@ EXPECTED = {
     "linear_attention": "dual", "retnet": "dual", "mamba2": "dual", "polysketch": "dual",
     "swla": "dual", "atlas": None, "moneta": None, "memora": None, "softmax_attention": None,
     "gla": "dual", "cauchy": None, "atlas_pp": None, "deep_transformer": "mlp", "dla": "mlp",
-    "omeganet": None,
+    "omeganet": "mlp", "dot": "mlp", "swdt": "mlp",
 }
 
 

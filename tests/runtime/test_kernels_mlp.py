@@ -31,13 +31,19 @@ TTT_LINEAR = (EXAMPLES / "ttt_linear.miras").read_text()
 TTT_MLP = (EXAMPLES / "ttt_mlp.miras").read_text()
 DEEP_TRANSFORMER = (EXAMPLES / "deep_transformer.miras").read_text()
 DLA = (EXAMPLES / "dla.miras").read_text()
+# the Omega window (c = 16) on MLP memories with feature maps
+DOT = (EXAMPLES / "dot.miras").read_text()
+SWDT = (EXAMPLES / "deep_transformer.miras").read_text() + (EXAMPLES / "swdt.miras").read_text(
+    ).replace('include "deep_transformer.miras"', "")
+OMEGANET = (EXAMPLES / "omeganet.miras").read_text()
 
 
 def _spec(name: str, memory: str, bias: str, retention: str, algorithm: str,
-          feature: str = "identity") -> str:
+          feature: str = "identity", window: str = "") -> str:
     return (f"model {name} {{\n    memory = {memory}\n    bias = {bias}\n"
             f"    retention = {retention}\n    algorithm = {algorithm}\n"
-            f"    feature = {feature}\n    parallel = chunk(size=16)\n}}\n")
+            f"    feature = {feature}\n    parallel = chunk(size=16)\n"
+            + (f"    window = {window}\n" if window else "") + "}\n")
 
 
 SPECS = {
@@ -88,12 +94,33 @@ SPECS = {
                         "huber_norm(delta=4.0)", "none",
                         "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))",
                         "exp_taylor(order=2)"),
+    # the Omega window: token t's update sums the γ-weighted gradients of its last c tokens
+    "win_gd": _spec("win_gd", "mlp(depth=2, expansion=2, act=gelu, residual=true)", "l2",
+                    "decay(alpha=gate(act=sigmoid), at=prev)", "gd(lr=gate(act=sigmoid))",
+                    window="sliding(size=4, gamma=gate(act=sigmoid))"),
+    "win_mom": _spec("win_mom", "mlp(depth=2, expansion=2, act=silu, residual=false, "
+                     "norm=layernorm)", "huber_norm(delta=4.0)",
+                     "decay(alpha=gate(act=sigmoid), at=prev)",
+                     "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))",
+                     window="sliding(size=3, gamma=gate(act=sigmoid))"),
+    "win1": _spec("win1", "mlp(depth=1, residual=true)", "l2", "none",
+                  "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))",
+                  window="sliding(size=4, gamma=1)"),
+    "win_gated": _spec("win_gated", "gated_mlp(expansion=2, act=gelu, residual=true)", "l2",
+                       "none", "gd(lr=gate(act=sigmoid))", "poly(degree=2, learnable=true)",
+                       window="sliding(size=3, gamma=gate(act=sigmoid))"),
+    "dot": DOT,
+    "swdt": SWDT,
+    "omeganet": OMEGANET,
 }
 
 #: Specs whose gradients are ill-conditioned in fp32 (the default tolerance is 2e-5): gated_mom's
 #: layernorm over 16 channels under huber gradients puts the fp32 chunk path itself 2.1e-5 from
 #: the fp64 recurrence (the kernels 1.6e-5)
-LOOSE = {"gated_mom": 5e-5}
+LOOSE = {"gated_mom": 5e-5,
+         # SWDT's window sums 16 unit-weight dot-bias gradients with lr 1: the fp32 chunk path
+         # is 2.5e-5 from the fp64 recurrence in ∂L/∂W0 (the kernels 2.9e-5, 4.6e-6 from it)
+         "swdt": 5e-5}
 
 _COMPILED: dict[str, object] = {}
 
@@ -117,9 +144,12 @@ def _inputs(c, B: int, T: int, H: int, D: int, seed: int = 0):
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     q, k, v = r(B, T, H, D) / D**0.5, r(B, T, H, D) / D**0.5, r(B, T, H, D)
     gates = {}
+    window = c.module.RECIPE.window
     for n, i in c.gates.items():
         u = torch.rand(B, T, H, D if i.channel else 1, generator=g, dtype=torch.float64)
-        lo, hi = {"decay": (0.8, 1.0), "momentum": (0.3, 0.9), "lr": (0.05, 0.3)}[n]
+        # γ ≤ 1/c keeps a window's summed step ≤ 1 (Dot's lr is 1: larger γ diverge in fp32)
+        lo, hi = {"decay": (0.8, 1.0), "momentum": (0.3, 0.9), "lr": (0.05, 0.3),
+                  "gamma": (0.2 / window, 1.0 / window)}[n]
         gates[n] = (lo + (hi - lo) * u).squeeze(-1) if not i.channel else lo + (hi - lo) * u
     st = c.initial_state(B, H, D, dtype=torch.float64)
     w = {n: t + 0.05 * r(*t.shape) for n, t in st.weights.items()}
@@ -207,6 +237,14 @@ CASES = [
     ("poly_mom", 1, 21, 2, 4, 8),
     ("poly1", 1, 18, 2, 4, 8),
     ("poly_gated", 1, 17, 1, 4, 8),
+    # the Omega window: T ≈ 40 over chunks of 16 (8: windows reach back two chunks)
+    ("win_gd", 1, 37, 2, 8, 16),
+    ("win_mom", 1, 35, 1, 8, 8),
+    ("win1", 2, 38, 1, 8, 16),
+    ("win_gated", 1, 37, 1, 4, 16),
+    ("dot", 1, 40, 1, 4, 8),
+    ("swdt", 1, 35, 1, 4, 16),
+    ("omeganet", 1, 41, 2, 4, 16),
 ]
 
 
