@@ -291,10 +291,11 @@ def nan_buffers(monkeypatch):
 
 
 #: head dims that keep a spec's feature dim small under the interpreter (default 16)
-HEAD_DIM = {"dla": 4, "poly1": 4}
+HEAD_DIM = {"dla": 4, "poly1": 4, "omeganet": 4, "win_gated": 4}
 
 
-@pytest.mark.parametrize("name", ["titans", "ttt_linear", "ttt_mlp", "gated_mom", "dla", "poly1"])
+@pytest.mark.parametrize("name", ["titans", "ttt_linear", "ttt_mlp", "gated_mom", "dla", "poly1",
+                                  "win1", "omeganet"])
 @pytest.mark.parametrize("grad", [False, True], ids=["forward", "backward"])
 def test_every_element_is_written(nan_buffers, grad: bool, name: str) -> None:
     c = _compiled(name)
@@ -304,7 +305,7 @@ def test_every_element_is_written(nan_buffers, grad: bool, name: str) -> None:
         assert torch.isfinite(x).all(), n
 
 
-@pytest.mark.parametrize("name", ["gd", "ttt_linear", "gated", "dla", "poly1"])
+@pytest.mark.parametrize("name", ["gd", "ttt_linear", "gated", "dla", "poly1", "win_gated"])
 def test_no_final_state(name: str) -> None:
     """Without a final state the kernels run the last, partial chunk themselves (T = 9,
     chunk 8); the output still equals the fp64 recurrence's."""
@@ -335,14 +336,48 @@ def test_feature_dim_limit() -> None:
     _compare(_run(c, "chunk", torch.float32, inputs, 8, grad=False), out, {}, 0.0)
 
 
-@pytest.mark.parametrize("name", ["titans", "ttt_mlp"])
+@pytest.mark.parametrize("name", ["titans", "ttt_mlp", "win_gd"])
 def test_gradients_low_precision_inputs(name: str) -> None:
     c = _compiled(name)
     inputs = _inputs(c, 1, 20, 2, 16, seed=4)
     ref = _run(c, "reference", torch.float64, inputs, 8, grad=True)
     out = _run(c, "triton", torch.float16, inputs, 8, grad=True)
     assert out["d.q"].dtype == torch.float16 and out["d.weights.W0"].dtype == torch.float32
+    # a window's k, v, γ gradients are summed in fp32, then cast
+    assert out["d.k"].dtype == out["d.v"].dtype == torch.float16
     _compare(ref, out, {}, 1e-2)
+
+
+def test_window_with_channel_lr_falls_back() -> None:
+    """A channel-wise lr scales each window token's output gradient by η_t: no band form."""
+    c = miras.compile(_spec("win_ch", "mlp(depth=2, expansion=2, act=gelu, residual=true)",
+                            "l2", "none", "gd(lr=gate(act=sigmoid, channel=true))",
+                            window="sliding(size=3)"))
+    assert c.fused is None and "channel-wise lr with an Omega window" in c.fused_reason
+
+
+@pytest.mark.filterwarnings("default::miras.runtime.fused.FallbackWarning")
+def test_window_tail_continues_like_one_call() -> None:
+    """A fused call returns the window's last c − 1 tokens (φ(k), raw k, v, gates) in its
+    final state; the next call, which starts from that tail, runs the chunk path and the
+    two calls equal one call over the whole sequence."""
+    c = miras.compile(SPECS["omeganet"].replace("size=16", "size=4"))
+    assert c.fused == "mlp", c.fused_reason
+    q, k, v, gates, w, _ = _inputs(c, 1, 24, 1, 4, seed=6)
+    st = State(w, None, None, None)
+    whole, _ = c.functional(q, k, v, backend="reference", initial_state=st, chunk_size=8,
+                            **gates)
+    cut = lambda x, sl: x[:, sl]  # noqa: E731
+    o1, mid = c.functional(*(x[:, :16].float() for x in (q, k, v)), backend="triton",
+                           initial_state=State({n: x.float() for n, x in w.items()}, None,
+                                               None, None), chunk_size=8,
+                           **{n: cut(x, slice(0, 16)).float() for n, x in gates.items()})
+    assert mid.window is not None and mid.window[0].shape[2] == 3
+    with pytest.warns(FallbackWarning, match="window tail"):
+        o2, _ = c.functional(*(x[:, 16:].float() for x in (q, k, v)), backend="triton",
+                             initial_state=mid, chunk_size=8,
+                             **{n: cut(x, slice(16, None)).float() for n, x in gates.items()})
+    _compare({"o": whole}, {"o": torch.cat([o1, o2], 1)}, {}, 2e-5)
 
 
 # ---- random user biases -------------------------------------------------------------------
