@@ -19,15 +19,19 @@ for the memory's activation with its first two derivatives:
     matrix memory with a nonlinear retention (``lq``, ``kl``, ``fdiv``, ``bregman``, a user
     retention, ``elastic_net``, ``soft_threshold``): any feature map and bias as for
     ``dual``, GD / momentum / implicit GD, Omega window ``c ≤ 16``, a channel-wise decay
-    (with an element-wise feature map). Per
-    chunk the gradients at the anchor in matmul form, then the linear scan ``Z_t = α_t Z_{t−1}
-    + U_t`` one token at a time on chip with the per-token weights ``W_t = R(β_t M + Z_t)``
-    (softmax, p-norm normalisation, mirror map, soft-threshold) read by ``φ(q_t)``; the
-    backward recomputes each chunk's scan from its checkpoint.
+    (with an element-wise feature map). Per chunk the gradients at the anchor in matmul form,
+    then the linear scan ``Z_t = α_t Z_{t−1} + U_t`` one token at a time on chip with the
+    per-token weights ``W_t = R(β_t M + Z_t)`` (softmax, p-norm normalisation, mirror map,
+    soft-threshold) read by ``φ(q_t)``; the backward recomputes each chunk's scan from its
+    checkpoint.
 ``mlp``
-    one- or two-layer MLP memory (residual or not, any activation, output norm none /
-    layernorm / rmsnorm: TTT-Linear, TTT-MLP), hidden ≤ 4·head_dim, retention ``none`` /
-    ``decay(at=prev)``, GD or momentum, chunk-anchored (the dual form per layer).
+    one- or two-layer MLP memory or the gated MLP (Atlas++'s ``x + W_out(act(W_in x) ⊙
+    W_gate x)``), residual or not, any activation, output norm none / layernorm / rmsnorm
+    (TTT-Linear, TTT-MLP), hidden ≤ 4·head_dim, retention ``none`` / ``decay(at=prev)``, GD
+    or momentum: chunk-anchored (the dual form per layer). Any feature map (applied before
+    the kernel; the residual adds the raw key / query; feature dim ≤ 128): DeepTransformer,
+    DLA. Omega window ``c ≤ 16`` with a scalar lr (the c − 1 tokens before a chunk join its
+    gradient rows): Dot, SWDT, OmegaNet.
 
 Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
 
@@ -48,7 +52,7 @@ from miras.symbolic.errors import SymbolicError
 #: The families whose templates are generated today (the others fall back with a reason).
 BUILT: frozenset[str] = frozenset({"dual", "exact", "mlp", "scan"})
 
-#: Largest Omega window the dual kernel keeps on chip.
+#: Largest Omega window the dual, scan and mlp kernels keep on chip.
 MAX_WINDOW = 16
 
 
@@ -103,8 +107,24 @@ def _bias_params(bias: ir.Bias) -> list[tuple[str, Any]]:
     return out
 
 
+def _depth(mem: ir.Memory) -> int:
+    """Weight layers from input to output: the gated MLP is two deep (W_in and W_gate side
+    by side, then W_out)."""
+    return 2 if isinstance(mem, ir.GatedMLP) else int(getattr(mem, "depth", 1))
+
+
 def _window(m: ir.Model) -> int:
     return m.window.size if isinstance(m.window, ir.Sliding) else 1
+
+
+def _window_limit(m: ir.Model, window: int) -> str | None:
+    """Why the dual, scan and mlp kernels cannot run this Omega window (``None``: they can)."""
+    if window > MAX_WINDOW:
+        return f"an Omega window of {window} tokens is more than the fused kernel's {MAX_WINDOW}"
+    if window > 1 and _gate_channel(getattr(m.algorithm, "lr", None)):
+        return ("a channel-wise lr with an Omega window is not fused (its coefficients differ "
+                "per channel)")
+    return None
 
 
 def _channel_decay(m: ir.Model, window: int) -> str | None:
@@ -135,24 +155,13 @@ SCAN_RETENTIONS = (ir.Lq, ir.KL, ir.FDiv, ir.Bregman, ir.UserRetention, ir.Elast
                    ir.SoftThreshold)
 
 
-def _matrix_window(m: ir.Model, window: int) -> str | None:
-    """Why the matrix-memory kernels (dual, scan) cannot run the Omega window (``None``: they
-    can)."""
-    if window > MAX_WINDOW:
-        return f"an Omega window of {window} tokens is more than the fused kernel's {MAX_WINDOW}"
-    if window > 1 and _gate_channel(getattr(m.algorithm, "lr", None)):
-        return ("a channel-wise lr with an Omega window is not fused (its coefficients differ "
-                "per channel)")
-    return None
-
-
 def _scan(m: ir.Model) -> Fusion:
     """The 'scan' family (matrix memory, nonlinear retention), or why it falls back."""
     ret = m.retention
     if isinstance(m.parallel, ir.Exact):
         return Fusion(None, f"parallel = exact with retention '{ret.kind}' runs the per-token "
                       "recurrence (not fused)")
-    why = _matrix_window(m, _window(m))
+    why = _window_limit(m, _window(m))
     if why:
         return Fusion(None, why)
     if _gate_channel(getattr(ret, "threshold", None)):
@@ -196,7 +205,7 @@ def _family(m: ir.Model) -> Fusion:
         return Fusion(None, "decay(at=decayed) with chunk anchoring is not fused (use at=prev "
                       "or parallel = exact)")
     if isinstance(mem, ir.Matrix):
-        why = _matrix_window(m, window)
+        why = _window_limit(m, window)
         if why:
             return Fusion(None, why)
         if isinstance(ret, ir.Decay) and _gate_channel(ret.alpha):
@@ -204,18 +213,18 @@ def _family(m: ir.Model) -> Fusion:
             if why:
                 return Fusion(None, why)
         return Fusion("dual")
-    if isinstance(mem, ir.MLP):
-        if mem.depth > 2:
+    if isinstance(mem, ir.MLP | ir.GatedMLP):
+        if isinstance(mem, ir.MLP) and mem.depth > 2:
             return Fusion(None, f"MLP memory of depth {mem.depth} is not fused (depth 1 and 2 "
                           "are)")
-        if mem.depth == 2 and mem.expansion > 4:
+        if _depth(mem) == 2 and mem.expansion > 4:
             return Fusion(None, "MLP memory wider than 4 × head_dim is not fused")
-        if not isinstance(m.feature, ir.Identity):
-            return Fusion(None, "a feature map on an MLP memory is not fused")
-        if window > 1:
-            return Fusion(None, "an Omega window on an MLP memory is not fused")
+        why = _window_limit(m, window)
+        if why:
+            return Fusion(None, why)
         return Fusion("mlp")
-    return Fusion(None, f"{mem.kind} memory is not fused (matrix and 1- or 2-layer MLP are)")
+    return Fusion(None, f"{mem.kind} memory is not fused (matrix, 1- or 2-layer and gated MLP "
+                  "are)")
 
 
 def decide(m: ir.Model) -> Fusion:
@@ -242,7 +251,9 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     act = getattr(m.memory, "act", "identity")
     out["act"] = lower.act_triton(act)
     out["residual"] = bool(getattr(m.memory, "residual", False))
-    out["depth"] = int(getattr(m.memory, "depth", 1))
+    out["depth"] = _depth(m.memory)
+    out["gated"] = isinstance(m.memory, ir.GatedMLP)
+    out["feature"] = "user" if isinstance(m.feature, ir.UserFeature) else m.feature.kind
     out["norm"] = str(getattr(m.memory, "norm", "none"))
     out["window"] = _window(m)
     out["algorithm"] = m.algorithm.kind

@@ -15,6 +15,10 @@ point with one contract, whatever its family::
 * returns ``o`` ``[B, H, T, V]`` in the input dtype and the final state (same names, fp32)
   or ``None``. Differentiable in q, k, v, every gate and the initial state.
 
+A module that declares ``TAKES_RAW = True`` also takes ``raw=(q, k)``, the keys and queries
+before φ as the caller passed them (an MLP memory's residual path adds them to the output of
+the layers fed φ(k)); it makes them contiguous itself if it needs to.
+
 A module may also expose ``unsupported(K, V) -> str | None``: a reason its kernels cannot
 run these dims on this device (the PyTorch chunk path then runs, with one warning line).
 
@@ -80,7 +84,9 @@ def run(module: ModuleType, recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: T
     if not getattr(module, "STRIDED", False):
         qf, kf, v = (x.contiguous() for x in (qf, kf, v))
         gates = {n: g.contiguous() for n, g in gates.items()}
-    o, final = module.run(qf, kf, v, gates, state.tensors(), chunk, output_final_state)
+    extra = {"raw": (q, k)} if getattr(module, "TAKES_RAW", False) else {}
+    o, final = module.run(qf, kf, v, gates, state.tensors(), chunk, output_final_state,
+                          **extra)
     if final is None:
         return o, None
     weights = {n.split(".", 1)[1]: t for n, t in final.items() if n.startswith("weights.")}

@@ -15,23 +15,35 @@ from hypothesis import strategies as st
 
 import miras
 from miras.runtime.engine import State
+from miras.runtime.fused import FallbackWarning
 from miras.runtime.triton_support import interpreted
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() or interpreted()),
-                                reason="needs CUDA or TRITON_INTERPRET=1")
+pytestmark = [pytest.mark.skipif(not (torch.cuda.is_available() or interpreted()),
+                                 reason="needs CUDA or TRITON_INTERPRET=1"),
+              # a silent fallback to the chunk path would compare the chunk path with itself
+              pytest.mark.filterwarnings("error::miras.runtime.fused.FallbackWarning")]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 TITANS = (EXAMPLES / "titans.miras").read_text()
 TTT_LINEAR = (EXAMPLES / "ttt_linear.miras").read_text()
 TTT_MLP = (EXAMPLES / "ttt_mlp.miras").read_text()
+DEEP_TRANSFORMER = (EXAMPLES / "deep_transformer.miras").read_text()
+DLA = (EXAMPLES / "dla.miras").read_text()
+# the Omega window (c = 16) on MLP memories with feature maps
+DOT = (EXAMPLES / "dot.miras").read_text()
+SWDT = (EXAMPLES / "deep_transformer.miras").read_text() + (EXAMPLES / "swdt.miras").read_text(
+    ).replace('include "deep_transformer.miras"', "")
+OMEGANET = (EXAMPLES / "omeganet.miras").read_text()
 
 
-def _spec(name: str, memory: str, bias: str, retention: str, algorithm: str) -> str:
+def _spec(name: str, memory: str, bias: str, retention: str, algorithm: str,
+          feature: str = "identity", window: str = "") -> str:
     return (f"model {name} {{\n    memory = {memory}\n    bias = {bias}\n"
             f"    retention = {retention}\n    algorithm = {algorithm}\n"
-            "    parallel = chunk(size=16)\n}\n")
+            f"    feature = {feature}\n    parallel = chunk(size=16)\n"
+            + (f"    window = {window}\n" if window else "") + "}\n")
 
 
 SPECS = {
@@ -59,7 +71,56 @@ SPECS = {
                   "l2", "none", "gd(lr=gate(act=sigmoid, channel=true))"),
     "lin1": _spec("lin1", "mlp(depth=1, residual=true)", "l2", "none",
                   "gd(lr=gate(act=sigmoid))"),
+    # gated MLP memory (Atlas++'s x + W_out(act(W_in x) ⊙ W_gate x), without its Muon)
+    "gated": _spec("gated", "gated_mlp(expansion=2, act=gelu, residual=true)", "l2",
+                   "decay(alpha=gate(act=sigmoid), at=prev)", "gd(lr=gate(act=sigmoid))"),
+    "gated_mom": _spec("gated_mom", "gated_mlp(expansion=2, act=silu, residual=false, "
+                       "norm=layernorm)", "huber_norm(delta=4.0)",
+                       "decay(alpha=gate(act=sigmoid), at=prev)",
+                       "momentum(lr=gate(act=sigmoid, channel=true), beta=gate(act=sigmoid))"),
+    "gated_rms": _spec("gated_rms", "gated_mlp(expansion=3, act=sigmoid, residual=true, "
+                       "norm=rmsnorm)", "l2", "none", "gd(lr=gate(act=sigmoid, channel=true))"),
+    # feature maps: φ(k) (dim F ≠ head_dim) feeds the memory, the residual adds the raw k
+    "deep_transformer": DEEP_TRANSFORMER,
+    "dla": DLA,
+    "poly_mom": _spec("poly_mom", "mlp(depth=2, expansion=2, act=silu, residual=false)", "l2",
+                      "decay(alpha=gate(act=sigmoid), at=prev)",
+                      "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))",
+                      "poly(degree=2, learnable=true)"),
+    "poly1": _spec("poly1", "mlp(depth=1, residual=true, norm=layernorm)", "l2",
+                   "decay(alpha=gate(act=sigmoid), at=prev)", "gd(lr=gate(act=sigmoid))",
+                   "poly(degree=2, learnable=true)"),
+    "poly_gated": _spec("poly_gated", "gated_mlp(expansion=2, act=gelu, residual=true)",
+                        "huber_norm(delta=4.0)", "none",
+                        "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))",
+                        "exp_taylor(order=2)"),
+    # the Omega window: token t's update sums the γ-weighted gradients of its last c tokens
+    "win_gd": _spec("win_gd", "mlp(depth=2, expansion=2, act=gelu, residual=true)", "l2",
+                    "decay(alpha=gate(act=sigmoid), at=prev)", "gd(lr=gate(act=sigmoid))",
+                    window="sliding(size=4, gamma=gate(act=sigmoid))"),
+    "win_mom": _spec("win_mom", "mlp(depth=2, expansion=2, act=silu, residual=false, "
+                     "norm=layernorm)", "huber_norm(delta=4.0)",
+                     "decay(alpha=gate(act=sigmoid), at=prev)",
+                     "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))",
+                     window="sliding(size=3, gamma=gate(act=sigmoid))"),
+    "win1": _spec("win1", "mlp(depth=1, residual=true)", "l2", "none",
+                  "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))",
+                  window="sliding(size=4, gamma=1)"),
+    "win_gated": _spec("win_gated", "gated_mlp(expansion=2, act=gelu, residual=true)", "l2",
+                       "none", "gd(lr=gate(act=sigmoid))", "poly(degree=2, learnable=true)",
+                       window="sliding(size=3, gamma=gate(act=sigmoid))"),
+    "dot": DOT,
+    "swdt": SWDT,
+    "omeganet": OMEGANET,
 }
+
+#: Specs whose gradients are ill-conditioned in fp32 (the default tolerance is 2e-5): gated_mom's
+#: layernorm over 16 channels under huber gradients puts the fp32 chunk path itself 2.1e-5 from
+#: the fp64 recurrence (the kernels 1.6e-5)
+LOOSE = {"gated_mom": 5e-5,
+         # SWDT's window sums 16 unit-weight dot-bias gradients with lr 1: the fp32 chunk path
+         # is 2.5e-5 from the fp64 recurrence in ∂L/∂W0 (the kernels 2.9e-5, 4.6e-6 from it)
+         "swdt": 5e-5}
 
 _COMPILED: dict[str, object] = {}
 
@@ -83,9 +144,12 @@ def _inputs(c, B: int, T: int, H: int, D: int, seed: int = 0):
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     q, k, v = r(B, T, H, D) / D**0.5, r(B, T, H, D) / D**0.5, r(B, T, H, D)
     gates = {}
+    window = c.module.RECIPE.window
     for n, i in c.gates.items():
         u = torch.rand(B, T, H, D if i.channel else 1, generator=g, dtype=torch.float64)
-        lo, hi = {"decay": (0.8, 1.0), "momentum": (0.3, 0.9), "lr": (0.05, 0.3)}[n]
+        # γ ≤ 1/c keeps a window's summed step ≤ 1 (Dot's lr is 1: larger γ diverge in fp32)
+        lo, hi = {"decay": (0.8, 1.0), "momentum": (0.3, 0.9), "lr": (0.05, 0.3),
+                  "gamma": (0.2 / window, 1.0 / window)}[n]
         gates[n] = (lo + (hi - lo) * u).squeeze(-1) if not i.channel else lo + (hi - lo) * u
     st = c.initial_state(B, H, D, dtype=torch.float64)
     w = {n: t + 0.05 * r(*t.shape) for n, t in st.weights.items()}
@@ -97,11 +161,16 @@ def _inputs(c, B: int, T: int, H: int, D: int, seed: int = 0):
 
 
 def _run(c, backend: str, dtype: torch.dtype, inputs, chunk: int, grad: bool, seed: int = 1):
-    """Output, final state and (with ``grad``) the gradients of a random linear loss."""
+    """Output, final state and (with ``grad``) the gradients of a random linear loss (also
+    those of the feature map's trainable coefficients, perturbed from their init)."""
     q, k, v, gates, w, m = inputs
+    feat = {n: i.init * (1 + 0.25 * torch.arange(i.init.numel()).view(i.init.shape))
+            for n, i in c.params(q.shape[2], q.shape[3]).items()
+            if n.startswith("feature.") and i.trainable}
     leaves = {"q": q, "k": k, "v": v, **{f"gate.{n}": x for n, x in gates.items()},
               **{f"weights.{n}": x for n, x in w.items()},
-              **({f"momentum.{n}": x for n, x in m.items()} if m else {})}
+              **({f"momentum.{n}": x for n, x in m.items()} if m else {}),
+              **{f"param.{n}": x.to(q) for n, x in feat.items()}}
     leaves = {n: x.detach().to(dtype if not n.startswith(("weights", "momentum"))
                                or backend == "reference" else torch.float32)
               .requires_grad_(grad) for n, x in leaves.items()}
@@ -109,8 +178,9 @@ def _run(c, backend: str, dtype: torch.dtype, inputs, chunk: int, grad: bool, se
     mk = {n[9:]: x for n, x in leaves.items() if n.startswith("momentum.")} or None
     st = State(wk, mk, None, None)
     gk = {n[5:]: x for n, x in leaves.items() if n.startswith("gate.")}
+    params = {n[6:]: x for n, x in leaves.items() if n.startswith("param.")}
     o, final = c.functional(leaves["q"], leaves["k"], leaves["v"], backend=backend,
-                            initial_state=st, chunk_size=chunk, **gk)
+                            initial_state=st, chunk_size=chunk, params=params, **gk)
     outs = {"o": o, **{f"final.weights.{n}": x for n, x in final.weights.items()}}
     if final.momentum is not None:
         outs.update({f"final.momentum.{n}": x for n, x in final.momentum.items()})
@@ -156,6 +226,25 @@ CASES = [
     ("rms1", 2, 19, 1, 16, 8),
     ("rms2", 1, 17, 1, 16, 16),
     ("lin1", 1, 18, 2, 16, 8),
+    ("gated", 2, 19, 1, 16, 8),
+    ("gated", 1, 11, 1, 48, 8),
+    ("gated_mom", 1, 21, 2, 16, 8),
+    ("gated_rms", 1, 17, 1, 16, 16),
+    # feature maps at head dim 4 (F = 1 + 4 + 16 = 21) or 5 (F = 31, hidden 20)
+    ("deep_transformer", 1, 20, 2, 4, 8),
+    ("dla", 2, 19, 1, 4, 8),
+    ("dla", 1, 13, 1, 5, 8),
+    ("poly_mom", 1, 21, 2, 4, 8),
+    ("poly1", 1, 18, 2, 4, 8),
+    ("poly_gated", 1, 17, 1, 4, 8),
+    # the Omega window: T ≈ 40 over chunks of 16 (8: windows reach back two chunks)
+    ("win_gd", 1, 37, 2, 8, 16),
+    ("win_mom", 1, 35, 1, 8, 8),
+    ("win1", 2, 38, 1, 8, 16),
+    ("win_gated", 1, 37, 1, 4, 16),
+    ("dot", 1, 40, 1, 4, 8),
+    ("swdt", 1, 35, 1, 4, 16),
+    ("omeganet", 1, 41, 2, 4, 16),
 ]
 
 
@@ -170,13 +259,16 @@ def test_matches_chunk_and_reference(case, grad: bool) -> None:
     out = _run(c, "triton", torch.float32, inputs, chunk, grad=grad)
     if grad:
         assert {n for n in out if n.startswith("d.gate.")} == {f"d.gate.{n}" for n in c.gates}
+        # a learnable poly feature map: its coefficients' gradient passes through the kernels
+        assert ("d.param.feature.coeffs" in out) == ("learnable=true" in SPECS[name])
     chunk_ref = _run(c, "chunk", torch.float32, inputs, chunk, grad=grad)
     ref = _run(c, "reference", torch.float64, inputs, chunk, grad=grad)
-    _compare(chunk_ref, out, {}, 2e-5)
-    _compare(ref, out, {}, 2e-5)
+    tol = LOOSE.get(name, 2e-5)
+    _compare(chunk_ref, out, {}, tol)
+    _compare(ref, out, {}, tol)
 
 
-@pytest.mark.parametrize("name", ["titans", "ttt_linear", "ttt_mlp"])
+@pytest.mark.parametrize("name", ["titans", "ttt_linear", "ttt_mlp", "gated"])
 def test_forward_low_precision_inputs(name: str) -> None:
     c = _compiled(name)
     inputs = _inputs(c, 1, 20, 2, 16)
@@ -184,7 +276,7 @@ def test_forward_low_precision_inputs(name: str) -> None:
     for dtype, tol in ((torch.bfloat16, 2e-2), (torch.float16, 5e-3)):
         out = _run(c, "triton", dtype, inputs, 8, grad=False)
         assert out["o"].dtype == dtype
-        assert out["final.weights.W0"].dtype == torch.float32
+        assert all(x.dtype == torch.float32 for n, x in out.items() if n.startswith("final."))
         _compare(ref, out, {}, tol)
 
 
@@ -198,36 +290,94 @@ def nan_buffers(monkeypatch):
                         lambda *a, **kw: real_empty_like(*a, **kw).fill_(float("nan")))
 
 
-@pytest.mark.parametrize("name", ["titans", "ttt_linear", "ttt_mlp"])
+#: head dims that keep a spec's feature dim small under the interpreter (default 16)
+HEAD_DIM = {"dla": 4, "poly1": 4, "omeganet": 4, "win_gated": 4}
+
+
+@pytest.mark.parametrize("name", ["titans", "ttt_linear", "ttt_mlp", "gated_mom", "dla", "poly1",
+                                  "win1", "omeganet"])
 @pytest.mark.parametrize("grad", [False, True], ids=["forward", "backward"])
 def test_every_element_is_written(nan_buffers, grad: bool, name: str) -> None:
     c = _compiled(name)
-    inputs = _inputs(c, 1, 13, 3, 16)
+    inputs = _inputs(c, 1, 13, 3, HEAD_DIM.get(name, 16))
     out = _run(c, "triton", torch.float32, inputs, 8, grad=grad)
     for n, x in out.items():
         assert torch.isfinite(x).all(), n
 
 
-@pytest.mark.parametrize("name", ["gd", "ttt_linear"])
-def test_no_final_state_and_shape_limit(name: str) -> None:
+@pytest.mark.parametrize("name", ["gd", "ttt_linear", "gated", "dla", "poly1", "win_gated"])
+def test_no_final_state(name: str) -> None:
+    """Without a final state the kernels run the last, partial chunk themselves (T = 9,
+    chunk 8); the output still equals the fp64 recurrence's."""
     c = _compiled(name)
-    q, k, v, gates, w, _ = _inputs(c, 1, 9, 1, 16)
-    f = lambda x: x.float()  # noqa: E731
-    o, final = c.functional(f(q), f(k), f(v), backend="triton", output_final_state=False,
+    q, k, v, gates, w, _ = _inputs(c, 1, 9, 1, HEAD_DIM.get(name, 16))
+
+    def run(backend: str, dtype: torch.dtype):
+        f = lambda x: x.to(dtype)  # noqa: E731
+        return c.functional(f(q), f(k), f(v), backend=backend, output_final_state=False,
                             chunk_size=8, initial_state=State({n: f(x) for n, x in w.items()},
                                                               None, None, None),
                             **{n: f(x) for n, x in gates.items()})
-    assert final is None and o.shape == q.shape
+
+    o, final = run("triton", torch.float32)
+    ref, _ = run("reference", torch.float64)
+    assert final is None
+    _compare({"o": ref}, {"o": o}, {}, 2e-5)
 
 
-@pytest.mark.parametrize("name", ["titans", "ttt_mlp"])
+@pytest.mark.filterwarnings("default::miras.runtime.fused.FallbackWarning")
+def test_feature_dim_limit() -> None:
+    """A feature dim the kernels cannot hold (F = 1 + 12 + 144 = 157 > 128) runs the chunk
+    path, with one warning line that says why."""
+    c = _compiled("dla")
+    inputs = _inputs(c, 1, 9, 1, 12)
+    with pytest.warns(FallbackWarning, match="feature dim of 157"):
+        out = _run(c, "triton", torch.float32, inputs, 8, grad=False)
+    _compare(_run(c, "chunk", torch.float32, inputs, 8, grad=False), out, {}, 0.0)
+
+
+@pytest.mark.parametrize("name", ["titans", "ttt_mlp", "win_gd"])
 def test_gradients_low_precision_inputs(name: str) -> None:
     c = _compiled(name)
     inputs = _inputs(c, 1, 20, 2, 16, seed=4)
     ref = _run(c, "reference", torch.float64, inputs, 8, grad=True)
     out = _run(c, "triton", torch.float16, inputs, 8, grad=True)
     assert out["d.q"].dtype == torch.float16 and out["d.weights.W0"].dtype == torch.float32
+    # a window's k, v, γ gradients are summed in fp32, then cast
+    assert out["d.k"].dtype == out["d.v"].dtype == torch.float16
     _compare(ref, out, {}, 1e-2)
+
+
+def test_window_with_channel_lr_falls_back() -> None:
+    """A channel-wise lr scales each window token's output gradient by η_t: no band form."""
+    c = miras.compile(_spec("win_ch", "mlp(depth=2, expansion=2, act=gelu, residual=true)",
+                            "l2", "none", "gd(lr=gate(act=sigmoid, channel=true))",
+                            window="sliding(size=3)"))
+    assert c.fused is None and "channel-wise lr with an Omega window" in c.fused_reason
+
+
+@pytest.mark.filterwarnings("default::miras.runtime.fused.FallbackWarning")
+def test_window_tail_continues_like_one_call() -> None:
+    """A fused call returns the window's last c − 1 tokens (φ(k), raw k, v, gates) in its
+    final state; the next call, which starts from that tail, runs the chunk path and the
+    two calls equal one call over the whole sequence."""
+    c = miras.compile(SPECS["omeganet"].replace("size=16", "size=4"))
+    assert c.fused == "mlp", c.fused_reason
+    q, k, v, gates, w, _ = _inputs(c, 1, 24, 1, 4, seed=6)
+    st = State(w, None, None, None)
+    whole, _ = c.functional(q, k, v, backend="reference", initial_state=st, chunk_size=8,
+                            **gates)
+    cut = lambda x, sl: x[:, sl]  # noqa: E731
+    o1, mid = c.functional(*(x[:, :16].float() for x in (q, k, v)), backend="triton",
+                           initial_state=State({n: x.float() for n, x in w.items()}, None,
+                                               None, None), chunk_size=8,
+                           **{n: cut(x, slice(0, 16)).float() for n, x in gates.items()})
+    assert mid.window is not None and mid.window[0].shape[2] == 3
+    with pytest.warns(FallbackWarning, match="window tail"):
+        o2, _ = c.functional(*(x[:, 16:].float() for x in (q, k, v)), backend="triton",
+                             initial_state=mid, chunk_size=8,
+                             **{n: cut(x, slice(16, None)).float() for n, x in gates.items()})
+    _compare({"o": whole}, {"o": torch.cat([o1, o2], 1)}, {}, 2e-5)
 
 
 # ---- random user biases -------------------------------------------------------------------
