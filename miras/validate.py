@@ -744,6 +744,19 @@ class _Validator:
             if why:
                 self.error("E131", f"'exact' needs an update affine in the memory weights, but "
                            f"{why}; use chunk(size=...) instead", at("parallel"))
+        if not isinstance(m.feature, ir.Identity | ir.UserFeature) and not nonparam:
+            # channel-wise retention / momentum factors scale the memory's input columns
+            # (ops.channel_scale), which φ turns into F ≠ head_dim channels
+            for gate, field in ((getattr(ret, "alpha", None), "retention"),
+                                (getattr(alg, "beta", None), "algorithm"),
+                                (alg.lr if isinstance(alg, ir.Muon) else None, "algorithm")):
+                if getattr(gate, "channel", False):
+                    self.error("E136", f"a channel-wise gate in the {field} scales the memory's "
+                               f"input channels, which the '{m.feature.kind}' feature map "
+                               "makes more than head_dim; use a per-head gate (channel=false) "
+                               "or an element-wise feature map", at(field),
+                               (("feature map declared here", at("feature")),))
+                    break
         if isinstance(m.window, ir.Sliding) and m.window.size == 1 and not nonparam:
             self.warn("W202", "a window of size 1 is the online rule; the field has no effect",
                       at("window"))

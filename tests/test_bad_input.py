@@ -640,3 +640,37 @@ def test_python_look_alikes_are_diagnosed(src: str, code: str) -> None:
         err = rejected(src)
     assert code in err.codes, str(err)
     assert not _DANGEROUS_EVENTS & set(events), events
+
+
+# --------------------------------------------------------------------------------------------
+# channel-wise gates with a feature map that changes the memory's input width
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("memory", "retention", "algorithm", "feature", "ok"), [
+    ("matrix", "decay(alpha=gate(channel=true), at=prev)", "gd(lr=gate())", "poly(degree=2)",
+     False),
+    ("mlp", "lq(q=4, alpha=gate(channel=true))", "gd(lr=gate())", "sketch(dim=8)", False),
+    ("matrix(init=uniform)", "kl(alpha=gate(channel=true))", "gd(lr=gate())",
+     "exp_taylor(order=2)", False),
+    ("matrix", "none", "momentum(lr=gate(), beta=gate(channel=true))", "poly(degree=2)", False),
+    ("mlp", "none", "muon(lr=gate(channel=true), beta=gate())", "poly(degree=2)", False),
+    # the lr of GD / momentum scales the error (value channels): fine with any feature map
+    ("matrix", "none", "gd(lr=gate(channel=true))", "poly(degree=2)", True),
+    ("mlp", "none", "momentum(lr=gate(channel=true), beta=gate())", "sketch(dim=8)", True),
+    ("matrix", "decay(alpha=gate(channel=true), at=prev)", "gd(lr=gate())", "identity", True),
+])
+def test_channel_gate_with_a_widening_feature_map(memory: str, retention: str, algorithm: str,
+                                                  feature: str, ok: bool) -> None:
+    """Such gates scale the memory's input columns, which φ makes wider than head_dim: the
+    spec is refused at the gate instead of failing with a shape error when it runs."""
+    src = (f"model m {{\n  memory = {memory}\n  bias = l2\n  retention = {retention}\n"
+           f"  algorithm = {algorithm}\n  feature = {feature}\n}}\n")
+    if ok:
+        miras.run_frontend(src)
+        return
+    err = rejected(src)
+    assert err.codes == ["E136"]
+    line = 3 if "channel" in retention else 4
+    assert where(err) == [("E136", line + 1, 15)]
+    assert f"'{feature.split('(')[0]}' feature map" in err.diagnostics[0].message
