@@ -129,9 +129,7 @@ def _window_limit(m: ir.Model, window: int) -> str | None:
 
 def _channel_decay(m: ir.Model, window: int) -> str | None:
     """Why the dual kernels cannot run a channel-wise decay on the key dim (``None``: they can)."""
-    if not isinstance(m.feature, ir.Identity | ir.UserFeature):
-        return (f"a channel-wise decay with the '{m.feature.kind}' feature map is not fused (it "
-                "has head_dim channels, φ(k) has more)")
+    # (a feature map that widens φ(k) is refused with a channel-wise decay by validation, E136)
     if isinstance(m.algorithm, ir.Momentum):
         return "a channel-wise decay with momentum is not fused (the two scans mix per channel)"
     if window > 1:
@@ -167,10 +165,6 @@ def _scan(m: ir.Model) -> Fusion:
     if _gate_channel(getattr(ret, "threshold", None)):
         return Fusion(None, f"a channel-wise threshold in retention '{ret.kind}' is not fused "
                       "(scalar per head and token only)")
-    if (_gate_channel(getattr(ret, "alpha", None))
-            and not isinstance(m.feature, ir.Identity | ir.UserFeature)):
-        return Fusion(None, f"a channel-wise decay with the '{m.feature.kind}' feature map is "
-                      "not fused (it has head_dim channels, φ(k) has more)")
     if isinstance(ret, ir.Bregman | ir.UserRetention):
         try:
             lower.retention_triton(ret)

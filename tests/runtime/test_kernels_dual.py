@@ -266,8 +266,8 @@ def test_channel_decay_fallbacks() -> None:
     assert "momentum" in fusion.decide(m).reason
     m = miras.load(_spec("l2", channel=True, extra="window = sliding(size=3)"))
     assert "window" in fusion.decide(m).reason
-    m = miras.load(_spec("l2", channel=True, extra="feature = poly(degree=2)"))
-    assert "poly" in fusion.decide(m).reason
+    with pytest.raises(miras.MirasError, match="E136"):  # refused before fusion
+        miras.load(_spec("l2", channel=True, extra="feature = poly(degree=2)"))
     m = miras.load(_spec("l2", channel=True, extra="parallel = exact(size=16)"))
     assert "channel-wise decay" in fusion.decide(m).reason
     assert fusion.decide(miras.load(EXAMPLES / "yaad.miras")).family is None

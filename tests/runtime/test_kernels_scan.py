@@ -244,10 +244,11 @@ def test_non_fused_combinations_warn_with_their_reason() -> None:
                    for w in rec)
         ref, _ = c.functional(q, k, v, backend="chunk", chunk_size=4, **gates)
         torch.testing.assert_close(o, ref)
-    # (the PyTorch path itself cannot scale φ(k)'s columns by head_dim channels: decision only)
+    # a channel-wise factor cannot scale φ(k)'s wider columns: refused before fusion (E136)
     spec = _spec("elastic_net(alpha=gate(act=sigmoid, channel=true))").replace(
         "}", "feature = poly(degree=2) }")
-    assert "channel-wise decay with the 'poly'" in fusion.decide(miras.load(spec)).reason
+    with pytest.raises(miras.MirasError, match="E136"):
+        miras.load(spec)
 
 
 def test_fusion_reasons() -> None:
