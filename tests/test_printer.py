@@ -243,6 +243,16 @@ def _make_compatible(f: dict[str, ir.Choice]) -> None:
             f["memory"] = ir.Matrix(init=getattr(f["memory"], "init", "zeros"))
     if isinstance(f["parallel"], ir.Exact):
         f["parallel"] = ir.Chunk(size=f["parallel"].size)
+    if not isinstance(f.get("feature", ir.Identity()), ir.Identity | ir.UserFeature):
+        # channel-wise factors on the memory's input columns need φ to keep head_dim (E136)
+        for axis, names in (("retention", ("alpha",)), ("algorithm", ("beta", "lr"))):
+            for name in names:
+                if name == "lr" and not isinstance(f[axis], ir.Muon):
+                    continue
+                gate = getattr(f[axis], name, None)
+                if getattr(gate, "channel", False):
+                    f[axis] = f[axis].model_copy(
+                        update={name: gate.model_copy(update={"channel": False})})
 
 
 COMBINATION_CODES = {"E130", "E131", "E132", "E133", "E134", "E135"}

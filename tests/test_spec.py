@@ -107,12 +107,12 @@ def _cases() -> list[tuple[str, Spec, str]]:
           algorithm=implicit_gd(lr=0.5), feature=poly(degree=3, learnable=False),
           window=sliding(size=4, gamma=gate(init=0.9)), hybrid=samba(window=1024)),
         m("sparse", "memory = matrix(init=uniform) bias = huber_norm(delta=2) "
-          "retention = elastic_net(alpha=learned(channel=true), "
+          "retention = elastic_net(alpha=learned(), "
           "threshold=per_head(0.01 * (h + 1)), form=ftrl, smooth=true) "
           "algorithm = momentum(beta=0) feature = sketch(dim=64, degree=2) "
           "hybrid = mac(segment=256, persistent=0)",
           memory=matrix(init="uniform"), bias=S.huber_norm(delta=2),
-          retention=elastic_net(alpha=learned(channel=True),
+          retention=elastic_net(alpha=learned(),
                                 threshold=per_head("0.01 * (h + 1)"), form="ftrl", smooth=True),
           algorithm=momentum(beta=0), feature=sketch(dim=64, degree=2),
           hybrid=mac(segment=256, persistent=0)),
