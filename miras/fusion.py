@@ -22,7 +22,9 @@ for the memory's activation with its first two derivatives:
     or momentum: chunk-anchored (the dual form per layer). Any feature map (applied before
     the kernel; the residual adds the raw key / query; feature dim ≤ 128): DeepTransformer,
     DLA. Omega window ``c ≤ 16`` with a scalar lr (the c − 1 tokens before a chunk join its
-    gradient rows): Dot, SWDT, OmegaNet.
+    gradient rows): Dot, SWDT, OmegaNet. Bias parameters that are gates or learned values
+    (one per head and token; the other families need constants), read per token beside the
+    gradient rows, with their gradients: Yaad's ``huber(delta=gate)``, Cauchy's learned scale.
 
 Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
 
@@ -83,8 +85,13 @@ def _common(m: ir.Model) -> str | None:
     if lower.bias_triton(m.bias)["uses_k"]:
         return "a bias that reads the key is not fused"
     for name, value in _bias_params(m.bias):
-        if not isinstance(value, ir.Const):
-            return f"bias parameter '{name}' must be a constant to be fused"
+        if isinstance(value, ir.Const):
+            continue
+        if not isinstance(m.memory, ir.MLP | ir.GatedMLP):
+            return (f"bias parameter '{name}' must be a constant to be fused (a gate or "
+                    "learned value is fused in the mlp family only)")
+        if _gate_channel(value):
+            return f"a channel-wise bias parameter '{name}' is not fused (one per token only)"
     return None
 
 
@@ -202,9 +209,12 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     # a user bias's parameters are named p_<name> in the printed code
     user = isinstance(m.bias, ir.UserBias)
     consts = [(lower.user_name(n) if user else n, float(v.value))
-              for n, v in _bias_params(m.bias)]  # all constants: _common checked it
+              for n, v in _bias_params(m.bias) if isinstance(v, ir.Const)]
     out["bias"] = {"grad": bias["grad"], "vjp": bias["vjp"], "separable": bias["separable"],
-                   "consts": [c for c in consts if c[0] in bias["params"]]}
+                   "consts": [c for c in consts if c[0] in bias["params"]],
+                   # gates and learned values (mlp family only, _common): code names, which
+                   # are also their slot names; the kernels read them per token [B, H, T]
+                   "runtime": [p for p in bias["params"] if p not in dict(consts)]}
     act = getattr(m.memory, "act", "identity")
     out["act"] = lower.act_triton(act)
     out["residual"] = bool(getattr(m.memory, "residual", False))

@@ -9,7 +9,8 @@ point with one contract, whatever its family::
   reaches the feature coefficients); ``v`` ``[B, H, T, V]``; any float dtype;
 * ``gates``: ``lr`` ``[B, H, T]`` or ``[B, H, T, V]``; ``decay``, ``momentum``, ``gamma``
   ``[B, H, T]`` — only those the spec has (implicit GD's Longhorn step is folded into ``lr``
-  here);
+  here); and, for a module that declares ``BIAS_PARAMS`` (slot names: the bias's gates and
+  learned values, the ``mlp`` family), those ``[B, H, T]`` too;
 * ``state``: fp32 tensors named as :meth:`State.tensors` (``weights.W``, ``momentum.W``, ...);
 * returns ``o`` ``[B, H, T, V]`` in the input dtype and the final state (same names, fp32)
   or ``None``. Differentiable in q, k, v, every gate and the initial state.
@@ -75,7 +76,7 @@ def run(module: ModuleType, recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: T
         lr = vals["lr"]
         vals["lr"] = lr / (1 + lr * kf.pow(2).sum(-1, keepdim=True))
     gates: dict[str, Tensor] = {}
-    for name in GATES:
+    for name in (*GATES, *getattr(module, "BIAS_PARAMS", ())):
         g = vals.get(name)
         if g is None or (name == "decay" and recipe.retention == "none"):
             continue
