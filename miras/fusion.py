@@ -25,6 +25,9 @@ for the memory's activation with its first two derivatives:
     gradient rows): Dot, SWDT, OmegaNet. Bias parameters that are gates or learned values
     (one per head and token; the other families need constants), read per token beside the
     gradient rows, with their gradients: Yaad's ``huber(delta=gate)``, Cauchy's learned scale.
+    A channel-wise decay (``ops.channel_scale``: the input columns of W0 / W_gate, the output
+    rows of W1; rows paired through e^(g_t − g_j) ≤ 1) with GD or implicit GD, no window, and
+    an element-wise feature map: Yaad.
 
 Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
 
@@ -76,7 +79,8 @@ def _common(m: ir.Model) -> str | None:
         return (f"retention '{ret.kind}' is nonlinear in the weights (needs per-token weights); "
                 "fused retention is none or decay")
     if (isinstance(ret, ir.Decay) and _gate_channel(ret.alpha)
-            and not (isinstance(m.memory, ir.Matrix) and not isinstance(m.parallel, ir.Exact))):
+            and not (isinstance(m.memory, ir.Matrix | ir.MLP | ir.GatedMLP)
+                     and not isinstance(m.parallel, ir.Exact))):
         return "a channel-wise decay gate is not fused (scalar per head and token only)"
     if isinstance(alg, ir.Momentum) and _gate_channel(alg.beta):
         return "a channel-wise momentum gate is not fused (scalar per head and token only)"
@@ -124,7 +128,7 @@ def _window_limit(m: ir.Model, window: int) -> str | None:
 
 
 def _channel_decay(m: ir.Model, window: int) -> str | None:
-    """Why the dual kernels cannot run a channel-wise decay on the key dim (``None``: they can)."""
+    """Why the dual or mlp kernels cannot run a channel-wise decay (``None``: they can)."""
     if not isinstance(m.feature, ir.Identity | ir.UserFeature):
         return (f"a channel-wise decay with the '{m.feature.kind}' feature map is not fused (it "
                 "has head_dim channels, φ(k) has more)")
@@ -186,6 +190,10 @@ def _family(m: ir.Model) -> Fusion:
         why = _window_limit(m, window)
         if why:
             return Fusion(None, why)
+        if isinstance(ret, ir.Decay) and _gate_channel(ret.alpha):
+            why = _channel_decay(m, window)
+            if why:
+                return Fusion(None, why)
         return Fusion("mlp")
     return Fusion(None, f"{mem.kind} memory is not fused (matrix, 1- or 2-layer and gated MLP "
                   "are)")

@@ -26,7 +26,7 @@ EXPECTED = {
     "linear_attention": "dual", "retnet": "dual", "mamba2": "dual", "polysketch": "dual",
     "swla": "dual", "atlas": None, "moneta": None, "memora": None, "softmax_attention": None,
     "gla": "dual", "cauchy": "mlp", "atlas_pp": None, "deep_transformer": "mlp", "dla": "mlp",
-    "omeganet": "mlp", "dot": "mlp", "swdt": "mlp",
+    "omeganet": "mlp", "dot": "mlp", "swdt": "mlp", "yaad": "mlp", "yaad_h": "mlp",
 }
 
 

@@ -39,6 +39,9 @@ OMEGANET = (EXAMPLES / "omeganet.miras").read_text()
 # runtime bias parameters: a learned Cauchy scale c, Yaad's gated Huber threshold δ_t
 CAUCHY = (EXAMPLES / "cauchy.miras").read_text()
 CAUCHY_BIAS = "bias cauchy(c=1.0) = sum(log(1 + ((y - v) / c)^2))\n"
+# a channel-wise decay with a gated Huber δ_t and a channel-wise lr
+YAAD = (EXAMPLES / "yaad.miras").read_text()
+CH_DECAY = "decay(alpha=gate(channel=true, act=sigmoid), at=prev)"
 
 
 def _spec(name: str, memory: str, bias: str, retention: str, algorithm: str,
@@ -129,6 +132,14 @@ SPECS = {
                        "huber_norm(delta=gate(act=softplus))",
                        "decay(alpha=gate(act=sigmoid), at=prev)", "gd(lr=gate(act=sigmoid))",
                        window="sliding(size=3, gamma=gate(act=sigmoid))"),
+    # channel-wise decay: W0's (Wg's) input columns, W1's output rows (ops.channel_scale)
+    "yaad": YAAD,
+    "ch_gd": _spec("ch_gd", "mlp(depth=2, expansion=2, act=gelu, residual=true)", "l2",
+                   CH_DECAY, "gd(lr=gate(act=sigmoid))"),
+    "ch1": _spec("ch1", "mlp(depth=1, residual=true, norm=layernorm)", "huber_norm(delta=4.0)",
+                 CH_DECAY, "gd(lr=gate(act=sigmoid, channel=true))"),
+    "ch_gated": _spec("ch_gated", "gated_mlp(expansion=2, act=silu, residual=false, "
+                      "norm=rmsnorm)", "l2", CH_DECAY, "gd(lr=gate(act=sigmoid))"),
 }
 
 #: Specs whose gradients are ill-conditioned in fp32 (the default tolerance is 2e-5): gated_mom's
@@ -270,6 +281,12 @@ CASES = [
     ("huber_gate", 2, 19, 1, 8, 8),
     ("cauchy1", 1, 18, 2, 8, 8),
     ("win_huber", 1, 29, 1, 8, 8),
+    # channel-wise decay (yaad: hidden 32, δ_t, channel-wise η and α)
+    ("yaad", 1, 19, 2, 8, 8),
+    ("ch_gd", 2, 19, 1, 8, 8),
+    ("ch_gd", 1, 20, 1, 16, 16),
+    ("ch1", 1, 18, 2, 8, 8),
+    ("ch_gated", 1, 21, 1, 8, 8),
 ]
 
 
@@ -318,11 +335,11 @@ def nan_buffers(monkeypatch):
 
 
 #: head dims that keep a spec's feature dim small under the interpreter (default 16)
-HEAD_DIM = {"dla": 4, "poly1": 4, "omeganet": 4, "win_gated": 4, "huber_gate": 8}
+HEAD_DIM = {"dla": 4, "poly1": 4, "omeganet": 4, "win_gated": 4, "huber_gate": 8, "ch_gd": 8}
 
 
 @pytest.mark.parametrize("name", ["titans", "ttt_linear", "ttt_mlp", "gated_mom", "dla", "poly1",
-                                  "win1", "omeganet", "huber_gate"])
+                                  "win1", "omeganet", "huber_gate", "ch_gd"])
 @pytest.mark.parametrize("grad", [False, True], ids=["forward", "backward"])
 def test_every_element_is_written(nan_buffers, grad: bool, name: str) -> None:
     c = _compiled(name)
@@ -363,13 +380,14 @@ def test_feature_dim_limit() -> None:
     _compare(_run(c, "chunk", torch.float32, inputs, 8, grad=False), out, {}, 0.0)
 
 
-@pytest.mark.parametrize("name", ["titans", "ttt_mlp", "win_gd"])
+@pytest.mark.parametrize("name", ["titans", "ttt_mlp", "win_gd", "ch_gated"])
 def test_gradients_low_precision_inputs(name: str) -> None:
     c = _compiled(name)
     inputs = _inputs(c, 1, 20, 2, 16, seed=4)
     ref = _run(c, "reference", torch.float64, inputs, 8, grad=True)
     out = _run(c, "triton", torch.float16, inputs, 8, grad=True)
-    assert out["d.q"].dtype == torch.float16 and out["d.weights.W0"].dtype == torch.float32
+    w0 = "W_in" if "gated" in name else "W0"
+    assert out["d.q"].dtype == torch.float16 and out[f"d.weights.{w0}"].dtype == torch.float32
     # a window's k, v, γ gradients are summed in fp32, then cast
     assert out["d.k"].dtype == out["d.v"].dtype == torch.float16
     _compare(ref, out, {}, 1e-2)
@@ -383,6 +401,36 @@ def test_runtime_bias_parameter_limits(memory: str, bias: str, why: str) -> None
     """A gate or learned bias parameter is fused in the mlp family only, one per token."""
     c = miras.compile(CAUCHY_BIAS + _spec("p", memory, bias, "none", "gd(lr=0.1)"))
     assert c.fused is None and why in c.fused_reason
+
+
+@pytest.mark.parametrize("name", ["ch_gd", "ch1", "ch_gated"])
+def test_strong_channel_decay(name: str) -> None:
+    """Decays down to 1e-3 per token: a chunk's products e^(g_t) reach e^(−100) (fp32
+    underflows at e^(−88)); the kernels pair rows through e^(g_t − g_j) ≤ 1 only (no 1/β),
+    so they stay finite and equal the fp64 recurrence."""
+    c = _compiled(name)
+    q, k, v, gates, w, m = _inputs(c, 1, 20, 1, 8, seed=7)
+    u = torch.rand(gates["decay"].shape, generator=torch.Generator().manual_seed(8),
+                   dtype=torch.float64)
+    gates["decay"] = torch.exp(-7 * u).to(DEVICE)  # α ∈ (e^−7, 1), per channel
+    inputs = (q, k, v, gates, w, m)
+    out = _run(c, "triton", torch.float32, inputs, 16, grad=True)
+    # ∂L/∂α is looser (kernels 2e-5 to 1.4e-4, the chunk path's token scan 6e-7): as in
+    # flash-linear-attention's GLA, the kernels return ∂L/∂g per row (g = cumsum log α) and
+    # the host's reverse cumsum cancels the terms of pairs on one side of a token, then
+    # divides by α ~ 1e-3; with α ∈ (0.8, 1) it is 4e-6 (test_matches_chunk_and_reference)
+    _compare(_run(c, "reference", torch.float64, inputs, 16, grad=True), out,
+             {"d.gate.decay": 5e-4}, 2e-5)
+
+
+@pytest.mark.parametrize(("algorithm", "extra", "why"), [
+    ("momentum(lr=0.1, beta=0.9)", "", "channel-wise decay with momentum"),
+    ("gd(lr=0.1)", "    window = sliding(size=2)\n", "channel-wise decay with an Omega window"),
+    ("gd(lr=0.1)", "    feature = poly(degree=2)\n", "channel-wise decay with the 'poly'")])
+def test_channel_decay_limits(algorithm: str, extra: str, why: str) -> None:
+    text = _spec("chx", "mlp(depth=2, expansion=2)", "l2", CH_DECAY, algorithm)
+    c = miras.compile(text.replace("    feature = identity\n", "").replace("}", extra + "}"))
+    assert c.fused is None and why in c.fused_reason, c.fused_reason
 
 
 def test_window_with_channel_lr_falls_back() -> None:
