@@ -128,6 +128,10 @@ SPECS = {
     "cauchy1": CAUCHY_BIAS + _spec("cauchy1", "mlp(depth=1, residual=true, norm=layernorm)",
                                    "cauchy(c=learned(init=0.8))", "none",
                                    "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))"),
+    "two_params": "bias b(c=1.0, d=1.0) = sum(log(1 + ((y - v) / c)^2) + d * (y - v)^2)\n"
+                  + _spec("two_params", "mlp(depth=1, residual=true)",
+                          "b(c=learned(init=0.8), d=learned(init=0.3))",
+                          "decay(alpha=gate(act=sigmoid), at=prev)", "gd(lr=gate(act=sigmoid))"),
     "win_huber": _spec("win_huber", "gated_mlp(expansion=2, act=gelu, residual=true)",
                        "huber_norm(delta=gate(act=softplus))",
                        "decay(alpha=gate(act=sigmoid), at=prev)", "gd(lr=gate(act=sigmoid))",
@@ -280,6 +284,7 @@ CASES = [
     ("cauchy", 1, 19, 2, 8, 8),
     ("huber_gate", 2, 19, 1, 8, 8),
     ("cauchy1", 1, 18, 2, 8, 8),
+    ("two_params", 1, 13, 2, 8, 8),
     ("win_huber", 1, 29, 1, 8, 8),
     # channel-wise decay (yaad: hidden 32, δ_t, channel-wise η and α)
     ("yaad", 1, 19, 2, 8, 8),
