@@ -34,15 +34,6 @@ def block(n: int, least: int = 16) -> int:
     return max(least, triton.next_power_of_2(n))
 
 
-def chunk_cumsum(la: torch.Tensor, chunk: int) -> torch.Tensor:
-    """The cumulative sum of ``la`` [B, H, T, D] inside each chunk of ``chunk`` tokens (a
-    channel-wise decay's log products, chunk-local; autograd takes its backward)."""
-    B, H, T, D = la.shape
-    NT = triton.cdiv(T, chunk)
-    x = torch.nn.functional.pad(la, (0, 0, 0, NT * chunk - T))
-    return x.view(B, H, NT, chunk, D).cumsum(3).view(B, H, NT * chunk, D)[:, :, :T]
-
-
 def contiguous(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(x.contiguous() for x in xs)
 
