@@ -31,7 +31,12 @@ for the memory's activation with its first two derivatives:
     or momentum: chunk-anchored (the dual form per layer). Any feature map (applied before
     the kernel; the residual adds the raw key / query; feature dim ≤ 128): DeepTransformer,
     DLA. Omega window ``c ≤ 16`` with a scalar lr (the c − 1 tokens before a chunk join its
-    gradient rows): Dot, SWDT, OmegaNet.
+    gradient rows): Dot, SWDT, OmegaNet. Bias parameters that are gates or learned values
+    (one per head and token; the other families need constants), read per token beside the
+    gradient rows, with their gradients: Yaad's ``huber(delta=gate)``, Cauchy's learned scale.
+    A channel-wise decay (``ops.channel_scale``: the input columns of W0 / W_gate, the output
+    rows of W1; rows paired through e^(g_t − g_j) ≤ 1) with GD or implicit GD, no window, and
+    an element-wise feature map: Yaad.
 
 Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
 
@@ -85,7 +90,8 @@ def _common(m: ir.Model) -> str | None:
         return (f"retention '{ret.kind}' is nonlinear in the weights (needs per-token weights); "
                 f"fused retention on {m.memory.kind} memory is none or decay")
     if (isinstance(ret, ir.Decay) and _gate_channel(ret.alpha)
-            and not (isinstance(m.memory, ir.Matrix) and not isinstance(m.parallel, ir.Exact))):
+            and not (isinstance(m.memory, ir.Matrix | ir.MLP | ir.GatedMLP)
+                     and not isinstance(m.parallel, ir.Exact))):
         return "a channel-wise decay gate is not fused (scalar per head and token only)"
     if isinstance(alg, ir.Momentum) and _gate_channel(alg.beta):
         return "a channel-wise momentum gate is not fused (scalar per head and token only)"
@@ -94,8 +100,13 @@ def _common(m: ir.Model) -> str | None:
     if lower.bias_triton(m.bias)["uses_k"]:
         return "a bias that reads the key is not fused"
     for name, value in _bias_params(m.bias):
-        if not isinstance(value, ir.Const):
-            return f"bias parameter '{name}' must be a constant to be fused"
+        if isinstance(value, ir.Const):
+            continue
+        if not isinstance(m.memory, ir.MLP | ir.GatedMLP):
+            return (f"bias parameter '{name}' must be a constant to be fused (a gate or "
+                    "learned value is fused in the mlp family only)")
+        if _gate_channel(value):
+            return f"a channel-wise bias parameter '{name}' is not fused (one per token only)"
     return None
 
 
@@ -128,7 +139,7 @@ def _window_limit(m: ir.Model, window: int) -> str | None:
 
 
 def _channel_decay(m: ir.Model, window: int) -> str | None:
-    """Why the dual kernels cannot run a channel-wise decay on the key dim (``None``: they can)."""
+    """Why the dual or mlp kernels cannot run a channel-wise decay (``None``: they can)."""
     # (a feature map that widens φ(k) is refused with a channel-wise decay by validation, E136)
     if isinstance(m.algorithm, ir.Momentum):
         return "a channel-wise decay with momentum is not fused (the two scans mix per channel)"
@@ -216,6 +227,10 @@ def _family(m: ir.Model) -> Fusion:
         why = _window_limit(m, window)
         if why:
             return Fusion(None, why)
+        if isinstance(ret, ir.Decay) and _gate_channel(ret.alpha):
+            why = _channel_decay(m, window)
+            if why:
+                return Fusion(None, why)
         return Fusion("mlp")
     return Fusion(None, f"{mem.kind} memory is not fused (matrix, 1- or 2-layer and gated MLP "
                   "are)")
@@ -239,9 +254,12 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     # a user bias's parameters are named p_<name> in the printed code
     user = isinstance(m.bias, ir.UserBias)
     consts = [(lower.user_name(n) if user else n, float(v.value))
-              for n, v in _bias_params(m.bias)]  # all constants: _common checked it
+              for n, v in _bias_params(m.bias) if isinstance(v, ir.Const)]
     out["bias"] = {"grad": bias["grad"], "vjp": bias["vjp"], "separable": bias["separable"],
-                   "consts": [c for c in consts if c[0] in bias["params"]]}
+                   "consts": [c for c in consts if c[0] in bias["params"]],
+                   # gates and learned values (mlp family only, _common): code names, which
+                   # are also their slot names; the kernels read them per token [B, H, T]
+                   "runtime": [p for p in bias["params"] if p not in dict(consts)]}
     act = getattr(m.memory, "act", "identity")
     out["act"] = lower.act_triton(act)
     out["residual"] = bool(getattr(m.memory, "residual", False))

@@ -9,7 +9,9 @@ point with one contract, whatever its family::
   reaches the feature coefficients); ``v`` ``[B, H, T, V]``; any float dtype;
 * ``gates``: ``lr`` ``[B, H, T]`` or ``[B, H, T, V]``; ``decay``, ``momentum``, ``gamma``,
   ``threshold`` (a soft-threshold retention's γ) ``[B, H, T]`` — only those the spec has
-  (implicit GD's Longhorn step is folded into ``lr`` here);
+  (implicit GD's Longhorn step is folded into ``lr`` here); and, for a module that declares
+  ``BIAS_PARAMS`` (slot names: the bias's gates and learned values, the ``mlp`` family),
+  those ``[B, H, T]`` too;
 * ``state``: fp32 tensors named as :meth:`State.tensors` (``weights.W``, ``momentum.W``,
   ``accum.W``, ...);
 * returns ``o`` ``[B, H, T, V]`` in the input dtype and the final state (same names, fp32)
@@ -76,7 +78,7 @@ def run(module: ModuleType, recipe: Recipe, fns: Fns, q: Tensor, k: Tensor, v: T
         lr = vals["lr"]
         vals["lr"] = lr / (1 + lr * kf.pow(2).sum(-1, keepdim=True))
     gates: dict[str, Tensor] = {}
-    for name in GATES:
+    for name in (*GATES, *getattr(module, "BIAS_PARAMS", ())):
         g = vals.get(name)
         if g is None or (name == "decay" and recipe.retention == "none"):
             continue

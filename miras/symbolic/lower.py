@@ -178,9 +178,11 @@ def retention_triton(ret: ir.Bregman | ir.UserRetention) -> dict[str, str]:
 
 def bias_triton(bias: ir.Bias) -> dict[str, Any]:
     """Triton bodies of a bias for the fused kernels: ``grad`` (∂ℓ/∂y from ``y, v``) and
-    ``vjp`` (``d_y, d_v`` from ``y, v, dgrad``), reductions masked by ``dmask``.
+    ``vjp`` (``d_y, d_v`` from ``y, v, dgrad``, and ``d_<p>`` for every parameter ``p`` in
+    ``params``), reductions masked by ``dmask``.
 
-    ``params`` are the hyper-parameters the code reads (bound by the kernel template);
+    ``params`` are the hyper-parameters the code reads (bound by the kernel template; the
+    constants are folded in, so these are the runtime ones: gates, learned values);
     ``uses_k``: the loss reads the key (the fused kernels do not pass it).
 
     >>> bias_triton(ir.L2())["grad"]
@@ -188,12 +190,18 @@ def bias_triton(bias: ir.Bias) -> dict[str, Any]:
     """
     d = derive_bias(bias)
     vjp = d.vjp.triton
-    outputs = [s for s in vjp.statements if s.kind != "output" or s.name in ("d_y", "d_v")]
+    params = [i.name for i in d.inputs if i.value is not None]
+    # constants are folded into the code: ``params`` are the runtime ones (gates, learned
+    # values), whose cotangents d_<name> [BT, 1] the backward pass also needs
+    keep = ("d_y", "d_v", *(f"d_{p}" for p in params))
+    outputs = [s for s in vjp.statements if s.kind != "output" or s.name in keep]
     body = "".join(f"{s.name} = {s.code}\n" for s in outputs)
     if "d_v" not in vjp.outputs:  # a loss without v (rare): its cotangent is zero
         body += "d_v = tl.zeros_like(y)\n"
-    return {"grad": d.grad.triton.source(), "vjp": body,
-            "params": [i.name for i in d.inputs if i.value is not None],
+    for p in params:
+        if f"d_{p}" not in vjp.outputs:  # the gradient does not read it (rare)
+            body += f"d_{p} = tl.zeros_like(y[:, :1])\n"
+    return {"grad": d.grad.triton.source(), "vjp": body, "params": params,
             "uses_k": "k" in d.variables, "separable": d.separable, "affine": d.affine,
             "uses_dim": any("D" in b.triton.inputs for b in (d.grad, d.vjp))}
 

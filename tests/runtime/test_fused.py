@@ -25,8 +25,8 @@ EXPECTED = {
     "titans": "mlp", "gated_deltanet": "exact", "deltanet": "exact", "longhorn": None,
     "linear_attention": "dual", "retnet": "dual", "mamba2": "dual", "polysketch": "dual",
     "swla": "dual", "atlas": None, "moneta": None, "memora": None, "softmax_attention": None,
-    "gla": "dual", "cauchy": None, "atlas_pp": None, "deep_transformer": "mlp", "dla": "mlp",
-    "omeganet": "mlp", "dot": "mlp", "swdt": "mlp",
+    "gla": "dual", "cauchy": "mlp", "atlas_pp": None, "deep_transformer": "mlp", "dla": "mlp",
+    "omeganet": "mlp", "dot": "mlp", "swdt": "mlp", "yaad": "mlp", "yaad_h": "mlp",
 }
 
 

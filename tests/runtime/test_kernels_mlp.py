@@ -36,6 +36,12 @@ DOT = (EXAMPLES / "dot.miras").read_text()
 SWDT = (EXAMPLES / "deep_transformer.miras").read_text() + (EXAMPLES / "swdt.miras").read_text(
     ).replace('include "deep_transformer.miras"', "")
 OMEGANET = (EXAMPLES / "omeganet.miras").read_text()
+# runtime bias parameters: a learned Cauchy scale c, Yaad's gated Huber threshold δ_t
+CAUCHY = (EXAMPLES / "cauchy.miras").read_text()
+CAUCHY_BIAS = "bias cauchy(c=1.0) = sum(log(1 + ((y - v) / c)^2))\n"
+# a channel-wise decay with a gated Huber δ_t and a channel-wise lr
+YAAD = (EXAMPLES / "yaad.miras").read_text()
+CH_DECAY = "decay(alpha=gate(channel=true, act=sigmoid), at=prev)"
 
 
 def _spec(name: str, memory: str, bias: str, retention: str, algorithm: str,
@@ -112,6 +118,32 @@ SPECS = {
     "dot": DOT,
     "swdt": SWDT,
     "omeganet": OMEGANET,
+    # bias parameters that are not constants: one value per token (a gate) or per head (a
+    # learned value), read beside each gradient row; their gradients leave the kernels too
+    "cauchy": CAUCHY,
+    "huber_gate": _spec("huber_gate", "mlp(depth=2, expansion=2, act=gelu, residual=true)",
+                        "huber(delta=gate(act=softplus))",
+                        "decay(alpha=gate(act=sigmoid), at=prev)",
+                        "gd(lr=gate(act=sigmoid, channel=true))"),
+    "cauchy1": CAUCHY_BIAS + _spec("cauchy1", "mlp(depth=1, residual=true, norm=layernorm)",
+                                   "cauchy(c=learned(init=0.8))", "none",
+                                   "momentum(lr=gate(act=sigmoid), beta=gate(act=sigmoid))"),
+    "two_params": "bias b(c=1.0, d=1.0) = sum(log(1 + ((y - v) / c)^2) + d * (y - v)^2)\n"
+                  + _spec("two_params", "mlp(depth=1, residual=true)",
+                          "b(c=learned(init=0.8), d=learned(init=0.3))",
+                          "decay(alpha=gate(act=sigmoid), at=prev)", "gd(lr=gate(act=sigmoid))"),
+    "win_huber": _spec("win_huber", "gated_mlp(expansion=2, act=gelu, residual=true)",
+                       "huber_norm(delta=gate(act=softplus))",
+                       "decay(alpha=gate(act=sigmoid), at=prev)", "gd(lr=gate(act=sigmoid))",
+                       window="sliding(size=3, gamma=gate(act=sigmoid))"),
+    # channel-wise decay: W0's (Wg's) input columns, W1's output rows (ops.channel_scale)
+    "yaad": YAAD,
+    "ch_gd": _spec("ch_gd", "mlp(depth=2, expansion=2, act=gelu, residual=true)", "l2",
+                   CH_DECAY, "gd(lr=gate(act=sigmoid))"),
+    "ch1": _spec("ch1", "mlp(depth=1, residual=true, norm=layernorm)", "huber_norm(delta=4.0)",
+                 CH_DECAY, "gd(lr=gate(act=sigmoid, channel=true))"),
+    "ch_gated": _spec("ch_gated", "gated_mlp(expansion=2, act=silu, residual=false, "
+                      "norm=rmsnorm)", "l2", CH_DECAY, "gd(lr=gate(act=sigmoid))"),
 }
 
 #: Specs whose gradients are ill-conditioned in fp32 (the default tolerance is 2e-5): gated_mom's
@@ -148,8 +180,10 @@ def _inputs(c, B: int, T: int, H: int, D: int, seed: int = 0):
     for n, i in c.gates.items():
         u = torch.rand(B, T, H, D if i.channel else 1, generator=g, dtype=torch.float64)
         # γ ≤ 1/c keeps a window's summed step ≤ 1 (Dot's lr is 1: larger γ diverge in fp32)
+        # δ (Huber) about the error norm ‖M(k) − v‖ (~√D): rows on both sides of the switch
         lo, hi = {"decay": (0.8, 1.0), "momentum": (0.3, 0.9), "lr": (0.05, 0.3),
-                  "gamma": (0.2 / window, 1.0 / window)}[n]
+                  "gamma": (0.2 / window, 1.0 / window),
+                  "delta": (0.5 * D**0.5, 1.5 * D**0.5)}[n]
         gates[n] = (lo + (hi - lo) * u).squeeze(-1) if not i.channel else lo + (hi - lo) * u
     st = c.initial_state(B, H, D, dtype=torch.float64)
     w = {n: t + 0.05 * r(*t.shape) for n, t in st.weights.items()}
@@ -162,11 +196,12 @@ def _inputs(c, B: int, T: int, H: int, D: int, seed: int = 0):
 
 def _run(c, backend: str, dtype: torch.dtype, inputs, chunk: int, grad: bool, seed: int = 1):
     """Output, final state and (with ``grad``) the gradients of a random linear loss (also
-    those of the feature map's trainable coefficients, perturbed from their init)."""
+    those of the feature map's trainable coefficients and of learned values, perturbed from
+    their init)."""
     q, k, v, gates, w, m = inputs
     feat = {n: i.init * (1 + 0.25 * torch.arange(i.init.numel()).view(i.init.shape))
             for n, i in c.params(q.shape[2], q.shape[3]).items()
-            if n.startswith("feature.") and i.trainable}
+            if n.startswith(("feature.", "slot.")) and i.trainable}
     leaves = {"q": q, "k": k, "v": v, **{f"gate.{n}": x for n, x in gates.items()},
               **{f"weights.{n}": x for n, x in w.items()},
               **({f"momentum.{n}": x for n, x in m.items()} if m else {}),
@@ -245,6 +280,18 @@ CASES = [
     ("dot", 1, 40, 1, 4, 8),
     ("swdt", 1, 35, 1, 4, 16),
     ("omeganet", 1, 41, 2, 4, 16),
+    # runtime bias parameters (cauchy: hidden 4·8 = 32)
+    ("cauchy", 1, 19, 2, 8, 8),
+    ("huber_gate", 2, 19, 1, 8, 8),
+    ("cauchy1", 1, 18, 2, 8, 8),
+    ("two_params", 1, 13, 2, 8, 8),
+    ("win_huber", 1, 29, 1, 8, 8),
+    # channel-wise decay (yaad: hidden 32, δ_t, channel-wise η and α)
+    ("yaad", 1, 19, 2, 8, 8),
+    ("ch_gd", 2, 19, 1, 8, 8),
+    ("ch_gd", 1, 20, 1, 16, 16),
+    ("ch1", 1, 18, 2, 8, 8),
+    ("ch_gated", 1, 21, 1, 8, 8),
 ]
 
 
@@ -261,6 +308,8 @@ def test_matches_chunk_and_reference(case, grad: bool) -> None:
         assert {n for n in out if n.startswith("d.gate.")} == {f"d.gate.{n}" for n in c.gates}
         # a learnable poly feature map: its coefficients' gradient passes through the kernels
         assert ("d.param.feature.coeffs" in out) == ("learnable=true" in SPECS[name])
+        # a learned bias parameter: its gradient passes through the kernels
+        assert any(n.startswith("d.param.slot.") for n in out) == ("learned(" in SPECS[name])
     chunk_ref = _run(c, "chunk", torch.float32, inputs, chunk, grad=grad)
     ref = _run(c, "reference", torch.float64, inputs, chunk, grad=grad)
     tol = LOOSE.get(name, 2e-5)
@@ -291,11 +340,11 @@ def nan_buffers(monkeypatch):
 
 
 #: head dims that keep a spec's feature dim small under the interpreter (default 16)
-HEAD_DIM = {"dla": 4, "poly1": 4, "omeganet": 4, "win_gated": 4}
+HEAD_DIM = {"dla": 4, "poly1": 4, "omeganet": 4, "win_gated": 4, "huber_gate": 8, "ch_gd": 8}
 
 
 @pytest.mark.parametrize("name", ["titans", "ttt_linear", "ttt_mlp", "gated_mom", "dla", "poly1",
-                                  "win1", "omeganet"])
+                                  "win1", "omeganet", "huber_gate", "ch_gd"])
 @pytest.mark.parametrize("grad", [False, True], ids=["forward", "backward"])
 def test_every_element_is_written(nan_buffers, grad: bool, name: str) -> None:
     c = _compiled(name)
@@ -336,16 +385,55 @@ def test_feature_dim_limit() -> None:
     _compare(_run(c, "chunk", torch.float32, inputs, 8, grad=False), out, {}, 0.0)
 
 
-@pytest.mark.parametrize("name", ["titans", "ttt_mlp", "win_gd"])
+@pytest.mark.parametrize("name", ["titans", "ttt_mlp", "win_gd", "ch_gated"])
 def test_gradients_low_precision_inputs(name: str) -> None:
     c = _compiled(name)
     inputs = _inputs(c, 1, 20, 2, 16, seed=4)
     ref = _run(c, "reference", torch.float64, inputs, 8, grad=True)
     out = _run(c, "triton", torch.float16, inputs, 8, grad=True)
-    assert out["d.q"].dtype == torch.float16 and out["d.weights.W0"].dtype == torch.float32
+    w0 = "W_in" if "gated" in name else "W0"
+    assert out["d.q"].dtype == torch.float16 and out[f"d.weights.{w0}"].dtype == torch.float32
     # a window's k, v, γ gradients are summed in fp32, then cast
     assert out["d.k"].dtype == out["d.v"].dtype == torch.float16
     _compare(ref, out, {}, 1e-2)
+
+
+@pytest.mark.parametrize(("memory", "bias", "why"), [
+    ("matrix", "huber(delta=gate(act=softplus))", "fused in the mlp family only"),
+    ("mlp(depth=2, expansion=2)", "cauchy(c=learned(init=1, channel=true))",
+     "channel-wise bias parameter 'c'")])
+def test_runtime_bias_parameter_limits(memory: str, bias: str, why: str) -> None:
+    """A gate or learned bias parameter is fused in the mlp family only, one per token."""
+    c = miras.compile(CAUCHY_BIAS + _spec("p", memory, bias, "none", "gd(lr=0.1)"))
+    assert c.fused is None and why in c.fused_reason
+
+
+@pytest.mark.parametrize(("name", "tiny"), [("ch_gd", False), ("ch1", False),
+                                            ("ch_gated", False), ("ch_gd", True)])
+def test_strong_channel_decay(name: str, tiny: bool) -> None:
+    """Decays down to 1e-3 per token: a chunk's products e^(g_t) reach e^(−100) (fp32
+    underflows at e^(−88)); the kernels pair rows through e^(g_t − g_j) ≤ 1 only (no 1/β),
+    so they stay finite and equal the fp64 recurrence, ∂L/∂α included (each log α term is
+    summed over the tokens it spans: a per-row ∂L/∂g and a reverse cumsum put it 1e-4 off)."""
+    c = _compiled(name)
+    q, k, v, gates, w, m = _inputs(c, 1, 20, 1, 8, seed=7)
+    u = torch.rand(gates["decay"].shape, generator=torch.Generator().manual_seed(8),
+                   dtype=torch.float64)
+    # α ∈ (e^−7, 1) per channel, or all tiny, α ∈ (0.002, 0.02)
+    gates["decay"] = (0.002 + 0.018 * u if tiny else torch.exp(-7 * u)).to(DEVICE)
+    inputs = (q, k, v, gates, w, m)
+    out = _run(c, "triton", torch.float32, inputs, 16, grad=True)
+    _compare(_run(c, "reference", torch.float64, inputs, 16, grad=True), out, {}, 2e-5)
+
+
+@pytest.mark.parametrize(("algorithm", "extra", "why"), [
+    ("momentum(lr=0.1, beta=0.9)", "", "channel-wise decay with momentum"),
+    ("gd(lr=0.1)", "    window = sliding(size=2)\n", "channel-wise decay with an Omega window"),
+    ("gd(lr=0.1)", "    feature = poly(degree=2)\n", "channel-wise decay with the 'poly'")])
+def test_channel_decay_limits(algorithm: str, extra: str, why: str) -> None:
+    text = _spec("chx", "mlp(depth=2, expansion=2)", "l2", CH_DECAY, algorithm)
+    c = miras.compile(text.replace("    feature = identity\n", "").replace("}", extra + "}"))
+    assert c.fused is None and why in c.fused_reason, c.fused_reason
 
 
 def test_window_with_channel_lr_falls_back() -> None:
