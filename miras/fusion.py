@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from miras import ir
-from miras.symbolic import lower
+from miras.symbolic import NewtonSchulz, lower
 
 #: The families whose templates are generated today (the others fall back with a reason).
 BUILT: frozenset[str] = frozenset({"dual", "exact", "mlp", "muon"})
@@ -235,7 +235,8 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     out["decay_at"] = getattr(m.retention, "at", "prev")
     out["affine"] = affine(m.bias)
     if isinstance(m.algorithm, ir.Muon):
-        out["ns_steps"] = int(m.algorithm.steps)
+        ns = NewtonSchulz(int(m.algorithm.steps))
+        out["ns"] = {"steps": ns.steps, "a": ns.a, "b": ns.b, "c": ns.c, "eps": ns.eps}
         out["expansion"] = float(getattr(m.memory, "expansion", 1.0))
         out["matrix"] = isinstance(m.memory, ir.Matrix)
     return out
