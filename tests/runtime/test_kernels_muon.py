@@ -51,7 +51,7 @@ SPECS = {
                   bias="huber_norm(delta=1.0)"),
     "channel": _spec("channel", "mlp(depth=2, expansion=2, act=gelu, residual=true)", DECAY,
                      lr="gate(act=sigmoid, channel=true)", steps=2),
-    "matrix": _spec("matrix", "matrix", DECAY, steps=2),
+    "matrix": _spec("matrix", "matrix", DECAY, steps=1),  # one NS step: the loops' edges
     # a feature map on matrix memory (applied before the kernels): K ≠ V, W [8, 64] is wide
     "sketch": _spec("sketch", "matrix", DECAY, steps=2).replace(
         "}", "    feature = sketch(dim=16, degree=2)\n}"),
