@@ -9,6 +9,7 @@ inputs (``_inputs``: random gates, non-zero initial weights and momentum) and th
 
 from __future__ import annotations
 
+import ast
 import functools
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 
 import miras
 from miras import fusion
+from miras.compiler import build_plan, render_triton
 from miras.runtime.engine import State
 from miras.runtime.triton_support import interpreted
 
@@ -141,6 +143,14 @@ def test_low_precision_inputs() -> None:
     _compare(ref, out, {}, 1e-2)
 
 
+@pytest.mark.parametrize("name", ["gelu", "one", "matrix"])
+def test_kernel_module_is_deterministic_and_parses(name: str) -> None:
+    p = build_plan(SPECS[name])
+    a = render_triton(p)
+    assert a is not None and a == render_triton(p) and "def muon_bwd_kernel(" in a
+    ast.parse(a)
+
+
 def test_shape_limit() -> None:
     """Each weight matrix stays whole in registers: larger ones fall back with a reason."""
     mod = _compiled("gelu").kernels
@@ -172,6 +182,8 @@ MLP2 = "mlp(depth=2, expansion=2, act=gelu, residual=true"
      "decay(at=prev)"),
     (_spec("cdecay", "matrix", "decay(alpha=gate(act=sigmoid, channel=true), at=prev)"),
      "scalar decay gate"),
+    (_spec("cfeat", "matrix", DECAY, lr="gate(act=sigmoid, channel=true)").replace(
+        "}", "    feature = sketch(dim=16, degree=2)\n}"), "channel-wise lr and a feature map"),
 ])
 def test_unfused_muon_reasons(text: str, reason: str) -> None:
     f = fusion.decide(miras.load(text))
