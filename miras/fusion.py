@@ -37,12 +37,19 @@ for the memory's activation with its first two derivatives:
     A channel-wise decay (``ops.channel_scale``: the input columns of W0 / W_gate, the output
     rows of W1; rows paired through e^(g_t − g_j) ≤ 1) with GD or implicit GD, no window, and
     an element-wise feature map: Yaad.
+``muon``
+    Muon (momentum orthogonalised by Newton–Schulz) on matrix memory (any feature map) or a
+    one- or two-layer MLP memory (residual or not, any activation, no output norm, no feature
+    map), hidden ≤ 4·head_dim, retention ``none`` / ``decay(at=prev)`` with scalar gates,
+    scalar or channel-wise lr, constant bias parameters, no Omega window: the inner gradients
+    at the chunk anchor, then token by token on chip ``S ← βS + g``, ``W ← αW − η NS(S)`` and
+    the read.
 
 Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
 
 >>> import miras
 >>> print(decide(miras.load("examples/atlas.miras")).reason)
-Muon orthogonalises every token's momentum (no dual form); the PyTorch chunk path runs it
+Muon with an Omega window is not fused (it sums the window's gradients before Newton–Schulz)
 """
 
 from __future__ import annotations
@@ -51,11 +58,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from miras import ir
-from miras.symbolic import lower
+from miras.symbolic import NewtonSchulz, lower
 from miras.symbolic.errors import SymbolicError
 
 #: The families whose templates are generated today (the others fall back with a reason).
-BUILT: frozenset[str] = frozenset({"dual", "exact", "mlp", "scan"})
+BUILT: frozenset[str] = frozenset({"dual", "exact", "mlp", "muon", "scan"})
 
 #: Largest Omega window the dual, scan and mlp kernels keep on chip.
 MAX_WINDOW = 16
@@ -78,10 +85,7 @@ def _common(m: ir.Model) -> str | None:
     ret, alg = m.retention, m.algorithm
     if isinstance(m.memory, ir.Nonparametric):
         return "non-parametric memory is attention: it runs through scaled_dot_product_attention"
-    if isinstance(alg, ir.Muon):
-        return ("Muon orthogonalises every token's momentum (no dual form); the PyTorch chunk "
-                "path runs it")
-    if not isinstance(alg, ir.GD | ir.Momentum | ir.ImplicitGD):
+    if not isinstance(alg, ir.GD | ir.Momentum | ir.Muon | ir.ImplicitGD):
         return f"algorithm '{alg.kind}' has no fused kernel"
     if isinstance(alg, ir.GD) and alg.steps > 1:
         return "multi-step GD re-anchors inside a token; only one step is fused"
@@ -93,7 +97,7 @@ def _common(m: ir.Model) -> str | None:
             and not (isinstance(m.memory, ir.Matrix | ir.MLP | ir.GatedMLP)
                      and not isinstance(m.parallel, ir.Exact))):
         return "a channel-wise decay gate is not fused (scalar per head and token only)"
-    if isinstance(alg, ir.Momentum) and _gate_channel(alg.beta):
+    if isinstance(alg, ir.Momentum | ir.Muon) and _gate_channel(alg.beta):
         return "a channel-wise momentum gate is not fused (scalar per head and token only)"
     if m.read == "before_write":
         return "read = before_write is not fused"
@@ -185,10 +189,48 @@ def _scan(m: ir.Model) -> Fusion:
     return Fusion("scan")
 
 
+def _muon(m: ir.Model) -> Fusion:
+    """The 'muon' family (Newton–Schulz on chip, token by token), or why a Muon spec is not
+    in it. ``_common`` has already passed ``m``."""
+    mem, ret = m.memory, m.retention
+    if isinstance(m.parallel, ir.Exact):
+        return Fusion(None, "Muon with parallel = exact is not fused (chunk anchoring is)")
+    if not isinstance(ret, ir.NoRetention | ir.Decay):
+        return Fusion(None, f"Muon with retention '{ret.kind}' is not fused (none or decay is)")
+    for name, value in _bias_params(m.bias):
+        if not isinstance(value, ir.Const):
+            return Fusion(None, f"Muon with bias parameter '{name}' not a constant is not fused")
+    if isinstance(ret, ir.Decay) and (ret.at != "prev" or _gate_channel(ret.alpha)):
+        return Fusion(None, "Muon is fused with decay(at=prev) and a scalar decay gate only")
+    if _window(m) > 1:
+        return Fusion(None, "Muon with an Omega window is not fused (it sums the window's "
+                      "gradients before Newton–Schulz)")
+    if isinstance(mem, ir.Matrix):
+        if _gate_channel(getattr(m.algorithm, "lr", None)) and not isinstance(m.feature,
+                                                                             ir.Identity):
+            return Fusion(None, "Muon with a channel-wise lr and a feature map is not fused")
+        return Fusion("muon")
+    if not isinstance(mem, ir.MLP):
+        return Fusion(None, f"Muon on {mem.kind} memory is not fused (matrix and 1- or 2-layer "
+                      "MLP are)")
+    if mem.depth > 2:
+        return Fusion(None, f"Muon on an MLP memory of depth {mem.depth} is not fused (depth 1 "
+                      "and 2 are)")
+    if mem.depth == 2 and mem.expansion > 4:
+        return Fusion(None, "Muon on an MLP memory wider than 4 × head_dim is not fused")
+    if mem.norm != "none":
+        return Fusion(None, f"Muon on an MLP memory with a {mem.norm} output norm is not fused")
+    if not isinstance(m.feature, ir.Identity):
+        return Fusion(None, "Muon with a feature map on an MLP memory is not fused")
+    return Fusion("muon")
+
+
 def _family(m: ir.Model) -> Fusion:
     why = _common(m)
     if why:
         return Fusion(None, why)
+    if isinstance(m.algorithm, ir.Muon):
+        return _muon(m)
     mem, ret = m.memory, m.retention
     if isinstance(ret, SCAN_RETENTIONS):
         return _scan(m)
@@ -272,6 +314,11 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
     out["retention"] = m.retention.kind
     out["decay_at"] = getattr(m.retention, "at", "prev")
     out["affine"] = affine(m.bias)
+    if isinstance(m.algorithm, ir.Muon):
+        ns = NewtonSchulz(int(m.algorithm.steps))
+        out["ns"] = {"steps": ns.steps, "a": ns.a, "b": ns.b, "c": ns.c, "eps": ns.eps}
+        out["expansion"] = float(getattr(m.memory, "expansion", 1.0))
+        out["matrix"] = isinstance(m.memory, ir.Matrix)
     if f.family == "scan":
         out["scan"] = _scan_info(m.retention)
     return out

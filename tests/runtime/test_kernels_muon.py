@@ -1,0 +1,191 @@
+"""The fused 'muon' kernels against the PyTorch chunk path and the fp64 recurrence.
+
+Runs under ``TRITON_INTERPRET=1`` on the CPU (tiny shapes); on CUDA the same tests run the
+compiled kernels. Every comparison is a relative error ‖ref − out‖ / ‖ref‖ per tensor; the
+inputs (``_inputs``: random gates, non-zero initial weights and momentum) and the runs
+(``_run``: output, final state and the gradients of a random linear loss) are those of the
+'mlp' family's tests.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+import miras
+from miras import fusion
+from miras.compiler import build_plan, render_triton
+from miras.runtime.engine import State
+from miras.runtime.triton_support import interpreted
+
+# nan_buffers is a fixture (every torch.empty buffer starts as NaN)
+from tests.runtime.test_kernels_mlp import _compare, _inputs, _run, nan_buffers  # noqa: F401
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+pytestmark = [pytest.mark.skipif(not (torch.cuda.is_available() or interpreted()),
+                                 reason="needs CUDA or TRITON_INTERPRET=1"),
+              # a silent fallback to the PyTorch chunk path would compare it with itself
+              pytest.mark.filterwarnings("error::miras.runtime.fused.FallbackWarning")]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _spec(name: str, memory: str, retention: str, lr: str = "gate(act=sigmoid)",
+          steps: int = 3, bias: str = "l2") -> str:
+    return (f"model {name} {{\n    memory = {memory}\n    bias = {bias}\n"
+            f"    retention = {retention}\n"
+            f"    algorithm = muon(lr={lr}, beta=gate(act=sigmoid), steps={steps})\n"
+            "    parallel = chunk(size=16)\n}\n")
+
+
+DECAY = "decay(alpha=gate(act=sigmoid), at=prev)"
+SPECS = {
+    # Atlas's memory and optimiser without its window and feature map (5 NS steps)
+    "gelu": _spec("gelu", "mlp(depth=2, expansion=2, act=gelu, residual=true)", DECAY, steps=5),
+    "one": _spec("one", "mlp(depth=1, residual=true)", DECAY,
+                 lr="gate(act=sigmoid, channel=true)"),
+    "plain": _spec("plain", "mlp(depth=2, expansion=2, act=gelu, residual=true)", "none"),
+    "silu": _spec("silu", "mlp(depth=2, expansion=2, act=silu, residual=false)", DECAY,
+                  bias="huber_norm(delta=1.0)"),
+    "channel": _spec("channel", "mlp(depth=2, expansion=2, act=gelu, residual=true)", DECAY,
+                     lr="gate(act=sigmoid, channel=true)", steps=2),
+    "matrix": _spec("matrix", "matrix", DECAY, steps=1),  # one NS step: the loops' edges
+    # a feature map on matrix memory (applied before the kernels): K ≠ V, W [8, 64] is wide
+    "sketch": _spec("sketch", "matrix", DECAY, steps=2).replace(
+        "}", "    feature = sketch(dim=16, degree=2)\n}"),
+}
+
+@functools.cache
+def _compiled(name: str):
+    c = miras.compile(SPECS[name])
+    assert c.fused == "muon", c.fused_reason
+    return c
+
+
+# spec, B, T, H, D, chunk (the spec's 16): T not a multiple of the chunk; the final state
+# then comes from the PyTorch tail after the kernels' whole chunks (Compiled._fused)
+CASES = [
+    ("gelu", 1, 34, 2, 8, 16),
+    ("one", 2, 37, 1, 8, 16),
+    ("plain", 1, 24, 2, 8, 16),
+    ("silu", 1, 32, 1, 8, 16),
+    ("channel", 1, 32, 1, 8, 16),
+    ("matrix", 1, 36, 2, 16, 16),
+    ("sketch", 1, 20, 1, 8, 16),
+]
+
+#: per-tensor thresholds (NS amplifies rounding in the momentum's small singular values)
+TOL = {"d.gate.momentum": 5e-5, "d.gate.lr": 5e-5, "d.gate.decay": 5e-5}
+DEFAULT_TOL = 2e-5
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_matches_chunk_and_reference(case) -> None:
+    """Output, final state (weights and momentum) and the gradients of q, k, v, every gate
+    and the initial state (weights and momentum)."""
+    name, B, T, H, D, chunk = case
+    c = _compiled(name)
+    inputs = _inputs(c, B, T, H, D, seed=3)
+    out = _run(c, "triton", torch.float32, inputs, chunk, grad=True)
+    assert {n for n in out if n.startswith("d.gate.")} == {f"d.gate.{n}" for n in c.gates}
+    assert {n for n in out if n.startswith("d.momentum.")}
+    _compare(_run(c, "chunk", torch.float32, inputs, chunk, grad=True), out, TOL, DEFAULT_TOL)
+    _compare(_run(c, "reference", torch.float64, inputs, chunk, grad=True), out, TOL,
+             DEFAULT_TOL)
+
+
+def _partial(c, backend: str, dtype: torch.dtype, inputs, chunk: int) -> dict[str, torch.Tensor]:
+    """Output and gradients without the final state: the kernels run the partial last chunk."""
+    q, k, v, gates, w, m = inputs
+    leaves = {"q": q, "k": k, "v": v, **{f"gate.{n}": x for n, x in gates.items()}}
+    leaves = {n: x.detach().to(dtype).requires_grad_(True) for n, x in leaves.items()}
+    st = State({n: x.to(dtype) for n, x in w.items()}, {n: x.to(dtype) for n, x in m.items()},
+               None, None)
+    o, final = c.functional(leaves["q"], leaves["k"], leaves["v"], backend=backend,
+                            initial_state=st, chunk_size=chunk, output_final_state=False,
+                            **{n[5:]: x for n, x in leaves.items() if n.startswith("gate.")})
+    assert final is None
+    g = torch.Generator().manual_seed(2)
+    (o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(DEVICE)).sum(
+    ).backward()
+    return {"o": o.detach(), **{f"d.{n}": x.grad for n, x in leaves.items()}}
+
+
+@pytest.mark.parametrize(("name", "H"), [("plain", 1), ("one", 2)])
+def test_partial_last_chunk_in_the_kernels(name: str, H: int) -> None:
+    c = _compiled(name)
+    inputs = _inputs(c, 1, 21, H, 8, seed=6)
+    out = _partial(c, "triton", torch.float32, inputs, 16)
+    _compare(_partial(c, "reference", torch.float64, inputs, 16), out, TOL, DEFAULT_TOL)
+
+
+@pytest.mark.usefixtures("nan_buffers")
+def test_every_element_is_written() -> None:
+    """Every buffer the kernels allocate starts as NaN; none is left in the results."""
+    c = _compiled("plain")
+    out = _run(c, "triton", torch.float32, _inputs(c, 1, 20, 2, 8), 16, grad=True)
+    for n, x in out.items():
+        assert torch.isfinite(x).all(), n
+
+
+def test_low_precision_inputs() -> None:
+    """fp16 q, k, v and gates (the state and the math stay fp32)."""
+    c = _compiled("one")
+    inputs = _inputs(c, 1, 32, 2, 8)
+    ref = _run(c, "reference", torch.float64, inputs, 16, grad=True)
+    out = _run(c, "triton", torch.float16, inputs, 16, grad=True)
+    assert out["o"].dtype == torch.float16 and out["final.weights.W0"].dtype == torch.float32
+    assert out["d.q"].dtype == torch.float16 and out["d.weights.W0"].dtype == torch.float32
+    _compare(ref, out, {}, 1e-2)
+
+
+@pytest.mark.parametrize("name", ["gelu", "one", "matrix"])
+def test_kernel_module_is_deterministic_and_parses(name: str) -> None:
+    p = build_plan(SPECS[name])
+    a = render_triton(p)
+    assert a is not None and a == render_triton(p) and "def muon_bwd_kernel(" in a
+    ast.parse(a)
+
+
+def test_shape_limit() -> None:
+    """Each weight matrix stays whole in registers: larger ones fall back with a reason."""
+    mod = _compiled("gelu").kernels
+    assert mod.unsupported(32, 32) is None  # W0 64 × 32
+    assert "whole on chip" in mod.unsupported(64, 64)  # W0 128 × 64
+    assert "head_dim ≤ 128" in mod.unsupported(256, 256)
+    assert _compiled("matrix").kernels.unsupported(64, 64) is None
+    assert "whole on chip" in _compiled("matrix").kernels.unsupported(128, 128)
+
+
+@pytest.mark.parametrize("name", ["atlas", "atlas_pp"])
+def test_atlas_falls_back_with_reason(name: str) -> None:
+    """Atlas has an Omega window and a polynomial feature map: the PyTorch chunk path."""
+    f = fusion.decide(miras.load(EXAMPLES / f"{name}.miras"))
+    assert f.family is None and f.reason.startswith("Muon with an Omega window")
+
+
+MLP2 = "mlp(depth=2, expansion=2, act=gelu, residual=true"
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    (SPECS["gelu"].replace("}", "    feature = poly(degree=2)\n}"),
+     "Muon with a feature map on an MLP memory"),
+    (_spec("ln", MLP2 + ", norm=layernorm)", DECAY), "layernorm output norm"),
+    (_spec("gated", "gated_mlp(expansion=2, act=gelu, residual=true)", DECAY),
+     "gated_mlp memory"),
+    (_spec("deep", "mlp(depth=3, expansion=2)", DECAY), "depth 3"),
+    (_spec("wide", "mlp(depth=2, expansion=8)", DECAY), "wider than 4"),
+    (_spec("decayed", MLP2 + ")", "decay(alpha=gate(act=sigmoid), at=decayed)"),
+     "decay(at=prev)"),
+    (_spec("cdecay", "matrix", "decay(alpha=gate(act=sigmoid, channel=true), at=prev)"),
+     "scalar decay gate"),
+    (_spec("cfeat", "matrix", DECAY, lr="gate(act=sigmoid, channel=true)").replace(
+        "}", "    feature = sketch(dim=16, degree=2)\n}"), "channel-wise lr and a feature map"),
+])
+def test_unfused_muon_reasons(text: str, reason: str) -> None:
+    f = fusion.decide(miras.load(text))
+    assert f.family is None and reason in f.reason, f.reason
