@@ -62,7 +62,7 @@ class Compiled:
                  fused: str | None = None, fused_reason: str = "") -> None:
         self.module = module
         self.path = path
-        #: the fused Triton family (``dual``, ``exact``, ``mlp``) or ``None``
+        #: the fused Triton family (``dual``, ``exact``, ``mlp``, ``muon``, ``scan``) or ``None``
         self.fused = fused
         #: why the spec is not fused (one line; empty when it is)
         self.fused_reason = fused_reason
