@@ -50,7 +50,8 @@ from miras.runtime.fused import FallbackWarning  # noqa: E402
 
 SPECS = {"gated_deltanet": "examples/gated_deltanet.miras", "titans": "examples/titans.miras",
          "retnet": "examples/retnet.miras", "gla": "examples/gla.miras",
-         "ttt_mlp": "examples/ttt_mlp.miras"}
+         "ttt_mlp": "examples/ttt_mlp.miras", "yaad": "examples/yaad.miras",
+         "bounded_memory": "examples/custom_retention.miras", "deltanet": "examples/deltanet.miras"}
 #: measured by default (the others with --specs)
 DEFAULT_SPECS = ("gated_deltanet", "titans", "retnet")
 
@@ -91,6 +92,10 @@ def flops(spec: str, family: str | None, T: int, B: int, H: int, D: int, chunk: 
         # form for both layers (C·D·E + C·E·D + C²·(D + 2E + D)), state updates (E·C·D · 2)
         per_chunk = 2 * (C * D * E * 4 + C * C * (2 * D + 2 * E) + 2 * E * C * D)
         return per_chunk * n * B * H
+    if family == "scan":
+        # anchor pass (C·D·D for y, C·D·D for the update factors), then per token the read
+        # and the rank-1 update of the D×D weights (no tensor cores: the map is per entry)
+        return 2 * (C * D * D * 2 + C * D * D * 2) * n * B * H
     # dual / exact matrix memory: K·Kᵀ, Q·Kᵀ, (A·K, A·V for exact), S reads and the update
     per_chunk = 2 * (C * C * D * 4 + C * D * D * 3)
     return per_chunk * n * B * H
