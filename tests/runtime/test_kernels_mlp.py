@@ -428,12 +428,19 @@ def test_strong_channel_decay(name: str, tiny: bool) -> None:
 
 @pytest.mark.parametrize(("algorithm", "extra", "why"), [
     ("momentum(lr=0.1, beta=0.9)", "", "channel-wise decay with momentum"),
-    ("gd(lr=0.1)", "    window = sliding(size=2)\n", "channel-wise decay with an Omega window"),
-    ("gd(lr=0.1)", "    feature = poly(degree=2)\n", "channel-wise decay with the 'poly'")])
+    ("gd(lr=0.1)", "    window = sliding(size=2)\n", "channel-wise decay with an Omega window")])
 def test_channel_decay_limits(algorithm: str, extra: str, why: str) -> None:
     text = _spec("chx", "mlp(depth=2, expansion=2)", "l2", CH_DECAY, algorithm)
     c = miras.compile(text.replace("    feature = identity\n", "").replace("}", extra + "}"))
     assert c.fused is None and why in c.fused_reason, c.fused_reason
+
+
+def test_channel_decay_with_a_widening_feature_map_is_refused() -> None:
+    """φ(k) has more channels than the decay: validation refuses it (E136), before fusion."""
+    text = _spec("chx", "mlp(depth=2, expansion=2)", "l2", CH_DECAY, "gd(lr=0.1)")
+    with pytest.raises(miras.MirasError, match="E136"):
+        miras.compile(text.replace("    feature = identity\n", "").replace(
+            "}", "    feature = poly(degree=2)\n}"))
 
 
 def test_window_with_channel_lr_falls_back() -> None:
