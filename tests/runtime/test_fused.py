@@ -24,7 +24,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXPECTED = {
     "titans": "mlp", "gated_deltanet": "exact", "deltanet": "exact", "longhorn": None,
     "linear_attention": "dual", "retnet": "dual", "mamba2": "dual", "polysketch": "dual",
-    "swla": "dual", "atlas": None, "moneta": None, "memora": None, "softmax_attention": None,
+    "swla": "dual", "atlas": "muon", "moneta": None, "memora": None, "softmax_attention": None,
     "gla": "dual", "cauchy": "mlp", "atlas_pp": None, "deep_transformer": "mlp", "dla": "mlp",
     "omeganet": "mlp", "dot": "mlp", "swdt": "mlp", "yaad": "mlp", "yaad_h": "mlp",
 }
@@ -40,7 +40,7 @@ def test_family_of_examples(name: str) -> None:
 
 
 def test_unbuilt_family_falls_back_with_reason() -> None:
-    m = miras.load(EXAMPLES / "atlas.miras")
+    m = miras.load(EXAMPLES / "atlas_pp.miras")
     assert fusion.decide(m).family is None
     assert "Muon" in fusion.decide(m).reason
 
