@@ -39,13 +39,13 @@ for the memory's activation with its first two derivatives:
     an element-wise feature map: Yaad.
 ``muon``
     Muon (momentum orthogonalised by Newton–Schulz) on matrix memory or a one- or two-layer
-    MLP memory (residual or not, any activation, no output norm), hidden ≤ 4·head_dim, any
-    feature map (applied before the kernel; the residual adds the raw key / query),
-    retention ``none`` / ``decay(at=prev)`` with scalar gates, scalar or channel-wise lr (not
-    both a channel-wise lr and a feature map), constant bias parameters, Omega window
-    ``c ≤ 16`` (γ-weighted; the c − 1 tokens before a chunk join its gradient rows): the inner
-    gradients at the chunk anchor, then token by token on chip ``S ← βS + Σ_window γ g``,
-    ``W ← αW − η NS(S)`` and the read. Atlas and its hybrids.
+    MLP memory (residual or not, any activation, output norm none / layernorm / rmsnorm),
+    hidden ≤ 4·head_dim, any feature map (applied before the kernel; the residual adds the
+    raw key / query), retention ``none`` / ``decay(at=prev)`` with scalar gates, scalar or
+    channel-wise lr (not both a channel-wise lr and a feature map), constant bias
+    parameters, Omega window ``c ≤ 16`` (γ-weighted; the c − 1 tokens before a chunk join
+    its gradient rows): the inner gradients at the chunk anchor, then token by token on chip
+    ``S ← βS + Σ_window γ g``, ``W ← αW − η NS(S)`` and the read. Atlas and its hybrids.
 
 Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
 
@@ -221,8 +221,6 @@ def _muon(m: ir.Model) -> Fusion:
                       "and 2 are)")
     if mem.depth == 2 and mem.expansion > 4:
         return Fusion(None, "Muon on an MLP memory wider than 4 × head_dim is not fused")
-    if mem.norm != "none":
-        return Fusion(None, f"Muon on an MLP memory with a {mem.norm} output norm is not fused")
     return Fusion("muon")
 
 

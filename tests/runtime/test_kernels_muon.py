@@ -66,6 +66,11 @@ SPECS = {
     # of 4 and no γ gate
     "poly_one": _spec("poly_one", "mlp(depth=1, residual=true)", "none", steps=2).replace(
         "}", "    feature = poly(degree=2, learnable=true)\n    window = sliding(size=4)\n}"),
+    # output norms: layernorm on a two-layer MLP with a window of 3, rmsnorm on one layer
+    "ln": _spec("ln", "mlp(depth=2, expansion=2, act=gelu, residual=true, norm=layernorm)",
+                DECAY, steps=2).replace(
+        "}", "    window = sliding(size=3, gamma=gate(act=sigmoid))\n}"),
+    "rms": _spec("rms", "mlp(depth=1, residual=false, norm=rmsnorm)", "none", steps=2),
 }
 SPECS["atlas"] = (EXAMPLES / "atlas.miras").read_text()
 
@@ -91,6 +96,8 @@ CASES = [
     # Atlas itself: window 16, poly(2) features (21 at head dim 4), hidden 16; the kernels
     # run 4 chunks of 8, the last ones with all 15 previous rows of their window
     ("atlas", 1, 37, 1, 4, 8),
+    ("ln", 1, 19, 1, 8, 8),
+    ("rms", 1, 19, 2, 8, 8),
 ]
 
 #: per-tensor thresholds (NS amplifies rounding in the momentum's small singular values)
@@ -230,7 +237,6 @@ MLP2 = "mlp(depth=2, expansion=2, act=gelu, residual=true"
 @pytest.mark.parametrize(("text", "reason"), [
     (SPECS["gelu"].replace("}", "    window = sliding(size=17)\n}"),
      "window of 17 tokens"),
-    (_spec("ln", MLP2 + ", norm=layernorm)", DECAY), "layernorm output norm"),
     (_spec("gated", "gated_mlp(expansion=2, act=gelu, residual=true)", DECAY),
      "gated_mlp memory"),
     (_spec("deep", "mlp(depth=3, expansion=2)", DECAY), "depth 3"),
