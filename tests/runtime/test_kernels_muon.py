@@ -71,8 +71,12 @@ SPECS = {
                 DECAY, steps=2).replace(
         "}", "    window = sliding(size=3, gamma=gate(act=sigmoid))\n}"),
     "rms": _spec("rms", "mlp(depth=1, residual=false, norm=rmsnorm)", "none", steps=2),
+    # the gated MLP (Atlas++'s memory) with a layernorm and a channel-wise lr, no window
+    "gated_ln": _spec("gated_ln", "gated_mlp(expansion=2, act=silu, residual=true, "
+                      "norm=layernorm)", DECAY, steps=2, lr="gate(act=sigmoid, channel=true)"),
 }
 SPECS["atlas"] = (EXAMPLES / "atlas.miras").read_text()
+SPECS["atlas_pp"] = EXAMPLES / "atlas_pp.miras"  # (it includes atlas.miras)
 
 @functools.cache
 def _compiled(name: str):
@@ -98,30 +102,35 @@ CASES = [
     ("atlas", 1, 37, 1, 4, 8),
     ("ln", 1, 19, 1, 8, 8),
     ("rms", 1, 19, 2, 8, 8),
+    ("gated_ln", 1, 19, 2, 8, 8),
+    ("atlas_pp", 1, 27, 1, 4, 8),
 ]
 
 #: per-tensor thresholds (NS amplifies rounding in the momentum's small singular values)
 TOL = {"d.gate.momentum": 5e-5, "d.gate.lr": 5e-5, "d.gate.decay": 5e-5}
 DEFAULT_TOL = 2e-5
-#: Atlas over 37 tokens (window 16, 5 NS steps): the fp32 chunk path itself is 2.4e-5 from
-#: the fp64 reference in its gradients (the kernels 2.2e-5)
-CASE_TOL = {"atlas": 5e-5}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_matches_chunk_and_reference(case) -> None:
     """Output, final state (weights and momentum) and the gradients of q, k, v, every gate
-    and the initial state (weights and momentum)."""
+    and the initial state (weights and momentum).
+
+    A tensor may also be off by 3× the fp32 chunk path's own error against the fp64
+    reference: Atlas's window of 16 and poly features leave its gradients 2e-5 (Atlas) to
+    1.3e-4 (Atlas++: the feature coefficients) from fp64 in either fp32 implementation."""
     name, B, T, H, D, chunk = case
     c = _compiled(name)
     inputs = _inputs(c, B, T, H, D, seed=3)
     out = _run(c, "triton", torch.float32, inputs, chunk, grad=True)
     assert {n for n in out if n.startswith("d.gate.")} == {f"d.gate.{n}" for n in c.gates}
     assert {n for n in out if n.startswith("d.momentum.")}
-    default = CASE_TOL.get(name, DEFAULT_TOL)
-    tol = {n: max(t, default) for n, t in TOL.items()}
-    _compare(_run(c, "chunk", torch.float32, inputs, chunk, grad=True), out, tol, default)
-    _compare(_run(c, "reference", torch.float64, inputs, chunk, grad=True), out, tol, default)
+    ref = _run(c, "reference", torch.float64, inputs, chunk, grad=True)
+    torch_chunk = _run(c, "chunk", torch.float32, inputs, chunk, grad=True)
+    own = _compare(ref, torch_chunk, {}, 1.0)
+    tol = {n: max(TOL.get(n, DEFAULT_TOL), 3 * e) for n, e in own.items()}
+    _compare(torch_chunk, out, tol, DEFAULT_TOL)
+    _compare(ref, out, tol, DEFAULT_TOL)
 
 
 def _partial(c, backend: str, dtype: torch.dtype, inputs, chunk: int) -> dict[str, torch.Tensor]:
@@ -151,10 +160,10 @@ def test_partial_last_chunk_in_the_kernels(name: str, H: int, D: int, chunk: int
 
 
 @pytest.mark.usefixtures("nan_buffers")
-@pytest.mark.parametrize(("name", "D", "chunk"), [("plain", 8, 16), ("atlas", 4, 8)])
+@pytest.mark.parametrize(("name", "D", "chunk"), [("plain", 8, 16), ("atlas_pp", 4, 8)])
 def test_every_element_is_written(name: str, D: int, chunk: int) -> None:
-    """Every buffer the kernels allocate starts as NaN; none is left in the results (with a
-    window: the previous rows' accumulated gradients too)."""
+    """Every buffer the kernels allocate starts as NaN; none is left in the results (Atlas++:
+    the window's accumulated gradients, the raw q/k and the gate layer's buffers too)."""
     c = _compiled(name)
     out = _run(c, "triton", torch.float32, _inputs(c, 1, 20, 2, D), chunk, grad=True)
     for n, x in out.items():
@@ -210,9 +219,9 @@ def test_shape_limit() -> None:
     assert "whole on chip" in _compiled("matrix").kernels.unsupported(128, 128)
 
 
-@pytest.mark.parametrize("name", ["atlas", "atlas_mag", "atlas_mal"])
+@pytest.mark.parametrize("name", ["atlas", "atlas_mag", "atlas_mal", "atlas_pp"])
 def test_atlas_is_fused(name: str) -> None:
-    """Atlas (Omega window of 16, polynomial feature map) and its hybrids."""
+    """Atlas (Omega window of 16, polynomial feature map), its hybrids and Atlas++."""
     f = fusion.decide(miras.load(EXAMPLES / f"{name}.miras"))
     assert f.family == "muon", f.reason
 
@@ -226,19 +235,14 @@ def test_atlas_shape_limit() -> None:
     assert "feature dim of 273" in mod.unsupported(1 + 16 + 256, 16)
 
 
-def test_atlas_pp_falls_back_with_reason() -> None:
-    f = fusion.decide(miras.load(EXAMPLES / "atlas_pp.miras"))
-    assert f.family is None and "gated_mlp memory" in f.reason
-
-
 MLP2 = "mlp(depth=2, expansion=2, act=gelu, residual=true"
 
 
 @pytest.mark.parametrize(("text", "reason"), [
     (SPECS["gelu"].replace("}", "    window = sliding(size=17)\n}"),
      "window of 17 tokens"),
-    (_spec("gated", "gated_mlp(expansion=2, act=gelu, residual=true)", DECAY),
-     "gated_mlp memory"),
+    (_spec("gated", "gated_mlp(expansion=8, act=gelu, residual=true)", DECAY),
+     "wider than 4"),
     (_spec("deep", "mlp(depth=3, expansion=2)", DECAY), "depth 3"),
     (_spec("wide", "mlp(depth=2, expansion=8)", DECAY), "wider than 4"),
     (_spec("decayed", MLP2 + ")", "decay(alpha=gate(act=sigmoid), at=decayed)"),
