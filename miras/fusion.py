@@ -38,18 +38,21 @@ for the memory's activation with its first two derivatives:
     rows of W1; rows paired through e^(g_t − g_j) ≤ 1) with GD or implicit GD, no window, and
     an element-wise feature map: Yaad.
 ``muon``
-    Muon (momentum orthogonalised by Newton–Schulz) on matrix memory (any feature map) or a
-    one- or two-layer MLP memory (residual or not, any activation, no output norm, no feature
-    map), hidden ≤ 4·head_dim, retention ``none`` / ``decay(at=prev)`` with scalar gates,
-    scalar or channel-wise lr, constant bias parameters, no Omega window: the inner gradients
-    at the chunk anchor, then token by token on chip ``S ← βS + g``, ``W ← αW − η NS(S)`` and
-    the read.
+    Muon (momentum orthogonalised by Newton–Schulz) on matrix memory, a one- or two-layer
+    MLP memory or the gated MLP (residual or not, any activation, output norm none /
+    layernorm / rmsnorm), hidden ≤ 4·head_dim, any feature map (applied before the kernel;
+    the residual adds the raw key / query), retention ``none`` / ``decay(at=prev)`` with
+    scalar gates, scalar or channel-wise lr (not both a channel-wise lr and a feature map),
+    constant bias parameters, Omega window ``c ≤ 16`` (γ-weighted; the c − 1 tokens before a
+    chunk join its gradient rows): the inner gradients at the chunk anchor, then token by
+    token on chip ``S ← βS + Σ_window γ g``, ``W ← αW − η NS(S)`` and the read. Atlas, its
+    hybrids and Atlas++.
 
 Everything else runs the PyTorch chunk path; :func:`decide` says why in one line.
 
 >>> import miras
->>> print(decide(miras.load("examples/atlas.miras")).reason)
-Muon with an Omega window is not fused (it sums the window's gradients before Newton–Schulz)
+>>> print(decide(miras.load("examples/longhorn.miras")).reason)
+a channel-wise lr in the exact chunk form is not fused (one UT system per value channel)
 """
 
 from __future__ import annotations
@@ -202,26 +205,23 @@ def _muon(m: ir.Model) -> Fusion:
             return Fusion(None, f"Muon with bias parameter '{name}' not a constant is not fused")
     if isinstance(ret, ir.Decay) and (ret.at != "prev" or _gate_channel(ret.alpha)):
         return Fusion(None, "Muon is fused with decay(at=prev) and a scalar decay gate only")
-    if _window(m) > 1:
-        return Fusion(None, "Muon with an Omega window is not fused (it sums the window's "
-                      "gradients before Newton–Schulz)")
+    if _window(m) > MAX_WINDOW:
+        return Fusion(None, f"an Omega window of {_window(m)} tokens is more than the fused "
+                      f"kernel's {MAX_WINDOW}")
+    # (η multiplies NS(S_t) after the window's sum: a channel-wise lr is no obstacle to it)
+    if _gate_channel(getattr(m.algorithm, "lr", None)) and not isinstance(m.feature,
+                                                                         ir.Identity):
+        return Fusion(None, "Muon with a channel-wise lr and a feature map is not fused")
     if isinstance(mem, ir.Matrix):
-        if _gate_channel(getattr(m.algorithm, "lr", None)) and not isinstance(m.feature,
-                                                                             ir.Identity):
-            return Fusion(None, "Muon with a channel-wise lr and a feature map is not fused")
         return Fusion("muon")
-    if not isinstance(mem, ir.MLP):
-        return Fusion(None, f"Muon on {mem.kind} memory is not fused (matrix and 1- or 2-layer "
-                      "MLP are)")
-    if mem.depth > 2:
+    if not isinstance(mem, ir.MLP | ir.GatedMLP):
+        return Fusion(None, f"Muon on {mem.kind} memory is not fused (matrix, 1- or 2-layer "
+                      "and gated MLP are)")
+    if isinstance(mem, ir.MLP) and mem.depth > 2:
         return Fusion(None, f"Muon on an MLP memory of depth {mem.depth} is not fused (depth 1 "
                       "and 2 are)")
-    if mem.depth == 2 and mem.expansion > 4:
+    if _depth(mem) == 2 and mem.expansion > 4:
         return Fusion(None, "Muon on an MLP memory wider than 4 × head_dim is not fused")
-    if mem.norm != "none":
-        return Fusion(None, f"Muon on an MLP memory with a {mem.norm} output norm is not fused")
-    if not isinstance(m.feature, ir.Identity):
-        return Fusion(None, "Muon with a feature map on an MLP memory is not fused")
     return Fusion("muon")
 
 

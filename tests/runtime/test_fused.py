@@ -24,8 +24,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXPECTED = {
     "titans": "mlp", "gated_deltanet": "exact", "deltanet": "exact", "longhorn": None,
     "linear_attention": "dual", "retnet": "dual", "mamba2": "dual", "polysketch": "dual",
-    "swla": "dual", "atlas": None, "moneta": None, "memora": None, "softmax_attention": None,
-    "gla": "dual", "cauchy": "mlp", "atlas_pp": None, "deep_transformer": "mlp", "dla": "mlp",
+    "swla": "dual", "atlas": "muon", "moneta": None, "memora": None, "softmax_attention": None,
+    "gla": "dual", "cauchy": "mlp", "atlas_pp": "muon", "deep_transformer": "mlp", "dla": "mlp",
     "omeganet": "mlp", "dot": "mlp", "swdt": "mlp", "yaad": "mlp", "yaad_h": "mlp",
 }
 
@@ -39,10 +39,10 @@ def test_family_of_examples(name: str) -> None:
     assert "\n" not in f.reason
 
 
-def test_unbuilt_family_falls_back_with_reason() -> None:
-    m = miras.load(EXAMPLES / "atlas.miras")
+def test_unfused_example_falls_back_with_reason() -> None:
+    m = miras.load(EXAMPLES / "moneta.miras")
     assert fusion.decide(m).family is None
-    assert "Muon" in fusion.decide(m).reason
+    assert "retention 'lq'" in fusion.decide(m).reason
 
 
 def test_triton_backend_on_unfused_spec_warns_once_and_matches_chunk() -> None:
