@@ -90,7 +90,7 @@ def _common(m: ir.Model) -> str | None:
     if isinstance(alg, ir.GD) and alg.steps > 1:
         return "multi-step GD re-anchors inside a token; only one step is fused"
     if not isinstance(ret, ir.NoRetention | ir.Decay) and not (
-            isinstance(ret, SCAN_RETENTIONS) and isinstance(m.memory, ir.Matrix)):
+            isinstance(ret, SCAN_RETENTIONS) and isinstance(m.memory, ir.Matrix | ir.MLP)):
         return (f"retention '{ret.kind}' is nonlinear in the weights (needs per-token weights); "
                 f"fused retention on {m.memory.kind} memory is none or decay")
     if (isinstance(ret, ir.Decay) and _gate_channel(ret.alpha)
@@ -186,7 +186,34 @@ def _scan(m: ir.Model) -> Fusion:
         except SymbolicError as e:
             return Fusion(None, f"the mirror map of retention '{ret.kind}' has no printed "
                           f"Triton form ({e})")
+    if isinstance(m.memory, ir.MLP):
+        why = _scan_mlp(m)
+        if why:
+            return Fusion(None, why)
     return Fusion("scan")
+
+
+def _scan_mlp(m: ir.Model) -> str | None:
+    """Why the 'scan' kernels cannot run ``m``'s MLP memory (``None``: they can): the
+    per-token weights of each layer stay whole on chip, token by token (scan_mlp.py.jinja)."""
+    mem, ret = m.memory, m.retention
+    head = f"retention '{ret.kind}' on an MLP memory"
+    if mem.depth > 2:
+        return f"{head} of depth {mem.depth} is not fused (depth 1 and 2 are)"
+    if mem.depth == 2 and mem.expansion > 4:
+        return f"{head} wider than 4 × head_dim is not fused"
+    if not isinstance(m.algorithm, ir.GD):
+        return f"{head} is fused with GD only (not '{m.algorithm.kind}')"
+    if _window(m) > 1:
+        return f"{head} with an Omega window is not fused"
+    if not isinstance(m.feature, ir.Identity):
+        return f"{head} with a feature map is not fused"
+    for name, value in _bias_params(m.bias):
+        if not isinstance(value, ir.Const):
+            return f"{head} with bias parameter '{name}' not a constant is not fused"
+    if isinstance(ret, ir.UserRetention) and ret.definition.regularizer is not None:
+        return f"{head} with a regulariser is not fused"
+    return None
 
 
 def _muon(m: ir.Model) -> Fusion:
@@ -321,6 +348,9 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
         out["matrix"] = isinstance(m.memory, ir.Matrix)
     if f.family == "scan":
         out["scan"] = _scan_info(m.retention)
+        # an MLP memory: scan_mlp.py.jinja (the per-token weights of each layer)
+        out["scan"]["mlp"] = isinstance(m.memory, ir.MLP)
+        out["expansion"] = float(getattr(m.memory, "expansion", 1.0))
     return out
 
 

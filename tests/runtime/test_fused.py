@@ -24,9 +24,10 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXPECTED = {
     "titans": "mlp", "gated_deltanet": "exact", "deltanet": "exact", "longhorn": None,
     "linear_attention": "dual", "retnet": "dual", "mamba2": "dual", "polysketch": "dual",
-    "swla": "dual", "atlas": None, "moneta": None, "memora": None, "softmax_attention": None,
+    "swla": "dual", "atlas": None, "moneta": "scan", "memora": "scan", "softmax_attention": None,
     "gla": "dual", "cauchy": "mlp", "atlas_pp": None, "deep_transformer": "mlp", "dla": "mlp",
     "omeganet": "mlp", "dot": "mlp", "swdt": "mlp", "yaad": "mlp", "yaad_h": "mlp",
+    "moneta_h": "scan", "memora_h": "scan",
 }
 
 
@@ -46,7 +47,7 @@ def test_unbuilt_family_falls_back_with_reason() -> None:
 
 
 def test_triton_backend_on_unfused_spec_warns_once_and_matches_chunk() -> None:
-    c = miras.compile(EXAMPLES / "moneta.miras")
+    c = miras.compile(EXAMPLES / "longhorn.miras")
     B, T, H, D = 1, 6, 2, 8
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, T, H, D, generator=g, dtype=torch.float64) for _ in range(3))
