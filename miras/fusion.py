@@ -23,7 +23,12 @@ for the memory's activation with its first two derivatives:
     then the linear scan ``Z_t = α_t Z_{t−1} + U_t`` one token at a time on chip with the
     per-token weights ``W_t = R(β_t M + Z_t)`` (softmax, p-norm normalisation, mirror map,
     soft-threshold) read by ``φ(q_t)``; the backward recomputes each chunk's scan from its
-    checkpoint.
+    checkpoint. The same retentions on a one- or two-layer MLP memory (residual or not, any
+    activation, output norm none / layernorm / rmsnorm, hidden ≤ 4·head_dim) with GD, no
+    window, no feature map and constant bias parameters (``scan_mlp.py.jinja``): the map acts
+    on each weight matrix, a channel-wise decay on W0's input columns and W1's output rows
+    (``ops.channel_scale``), and each token reads ``M_{W_t}(q_t)`` with the whole per-token
+    weights on chip: Moneta, Memora.
 ``mlp``
     one- or two-layer MLP memory or the gated MLP (Atlas++'s ``x + W_out(act(W_in x) ⊙
     W_gate x)``), residual or not, any activation, output norm none / layernorm / rmsnorm
@@ -163,13 +168,14 @@ def affine(bias: ir.Bias) -> tuple[float, float] | None:
     return None
 
 
-#: Nonlinear retentions whose per-token weights the 'scan' kernels compute (matrix memory).
+#: Nonlinear retentions whose per-token weights the 'scan' kernels compute (matrix or MLP
+#: memory).
 SCAN_RETENTIONS = (ir.Lq, ir.KL, ir.FDiv, ir.Bregman, ir.UserRetention, ir.ElasticNet,
                    ir.SoftThreshold)
 
 
 def _scan(m: ir.Model) -> Fusion:
-    """The 'scan' family (matrix memory, nonlinear retention), or why it falls back."""
+    """The 'scan' family (matrix or MLP memory, nonlinear retention), or why it falls back."""
     ret = m.retention
     if isinstance(m.parallel, ir.Exact):
         return Fusion(None, f"parallel = exact with retention '{ret.kind}' runs the per-token "

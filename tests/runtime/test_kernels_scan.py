@@ -381,6 +381,11 @@ def test_generated_modules_are_deterministic_and_lint_clean(tmp_path: Path) -> N
                  "elastic_ftrl_smooth_momentum", "soft_threshold_momentum"):
         retention, alg, bias, init, _ = CASES[case]
         specs[case] = (_spec(retention, alg, bias, init), None)
+    for case in ("lq_ftrl_depth1", "kl", "fdiv", "entropy_depth1", "soft_threshold_smooth"):
+        retention, depth, norm, init, _, bias, lr, _ = MLP_CASES[case]
+        specs[f"mlp_{case}"] = (_mlp_spec(retention, depth, norm, bias, init, lr), None)
+    for name in ("moneta", "memora"):
+        specs[name] = (EXAMPLES / f"{name}.miras", None)
     for name, (source, model) in specs.items():
         p = build_plan(source, model)
         text = render_triton(p)
