@@ -533,3 +533,65 @@ def test_mlp_examples_partial_chunk_and_chunk_of_one() -> None:
     # chunk 1: every token its own group (the per-token recurrence)
     c = _compile(_mlp_spec("lq(q=3, alpha=gate(act=sigmoid))", 1, "none"))
     _mlp_check(c, T=6, chunk=1)
+
+
+@pytest.mark.parametrize("name", ["moneta_h", "memora_h"])
+def test_mlp_hybrid_layer(name: str) -> None:
+    # the hybrid's memory layer (samba: the memory layer alone) with the fused kernels, in a
+    # model's layer with its projections, gates and initial weights (Memora: init=uniform).
+    # Moneta's parameter gradients differ by about 3e-4 (the fp32 chunk path is 1e-4 from
+    # fp64 there too: ‖·‖_4 and the layernorm); the kernels' precision is tested above
+    c = miras.compile(EXAMPLES / f"{name}.miras")
+    assert c.fused == "scan"
+    c.kernels.POISON = True
+    torch.manual_seed(0)
+    x = torch.randn(1, 11, 16, device=DEVICE)
+    outs, grads = {}, {}
+    for backend in ("triton", "chunk"):
+        torch.manual_seed(1)
+        layer = c.layer(16, heads=2, backend=backend, chunk_size=4).to(DEVICE)
+        y = layer(x)
+        y.square().sum().backward()
+        outs[backend] = y.detach()
+        grads[backend] = torch.cat([p.grad.flatten() for p in layer.parameters()
+                                    if p.grad is not None])
+    assert _rel(outs["chunk"], outs["triton"]) < 1e-4 * TOL_SCALE
+    assert _rel(grads["chunk"], grads["triton"]) < 1e-3 * TOL_SCALE
+
+
+def test_mlp_bf16_and_state_continuation() -> None:
+    c = _compile(_mlp_spec("lq(q=4, alpha=gate(act=sigmoid))"))
+    # bf16 inputs: the bf16-rounded values through the fp32 chunk path
+    x = {n: t.to(torch.bfloat16).to(F64) for n, t in _mlp_inputs(c, 1, 12, 2, 4, 3,
+                                                                "normal").items()}
+    out = _mlp_run(c, x, "triton", torch.bfloat16, 8)
+    ref = _mlp_run(c, x, "chunk", F32, 8)
+    for key in ref:
+        assert _rel(ref[key], out[key]) < 2e-2, key
+    # a fused call's final state (weights and accumulator of each layer) continues in the
+    # chunk path like one call (the cut at a chunk end)
+    q, k, v = (x[n].float().to(DEVICE) for n in "qkv")
+    gates = {n.split(".", 1)[1]: t.float().to(DEVICE) for n, t in x.items()
+             if n.startswith("gate.")}
+    o_ref, s_ref = c.functional(q, k, v, backend="chunk", chunk_size=4, **gates)
+    o1, s1 = c.functional(q[:, :8], k[:, :8], v[:, :8], backend="triton", chunk_size=4,
+                          **{n: g[:, :8] for n, g in gates.items()})
+    o2, s2 = c.functional(q[:, 8:], k[:, 8:], v[:, 8:], initial_state=s1, backend="chunk",
+                          chunk_size=4, **{n: g[:, 8:] for n, g in gates.items()})
+    assert s1 is not None and s1.accum is not None and set(s1.weights) == {"W0", "W1"}
+    torch.testing.assert_close(torch.cat([o1, o2], 1), o_ref, rtol=1e-4, atol=1e-5)
+    assert s2 is not None and s_ref is not None
+    for a, b in ((s2.weights, s_ref.weights), (s2.accum, s_ref.accum)):
+        for n in a:
+            torch.testing.assert_close(a[n], b[n], rtol=1e-4, atol=1e-5)
+
+
+def test_mlp_dims_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # on a GPU each program holds every weight matrix whole: Moneta's and Memora's (hidden
+    # 4 × head_dim) up to head_dim 32
+    c = _compile(EXAMPLES / "moneta.miras")
+    monkeypatch.setattr(ts, "interpreted", lambda: True)
+    assert c.kernels.unsupported(128, 128) is None
+    monkeypatch.setattr(ts, "interpreted", lambda: False)
+    assert c.kernels.unsupported(32, 32) is None
+    assert "whole on chip" in c.kernels.unsupported(64, 64)
