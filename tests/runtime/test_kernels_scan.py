@@ -301,12 +301,17 @@ def test_bf16_inputs_keep_their_dtype() -> None:
     # the same bf16-rounded values through the fp32 chunk path: what differs is the rounding
     # of the kernels' bf16 outputs and gradients
     c = _compile(_spec("soft_threshold(threshold=0.01, smooth=true)", GD))
-    x = {n: t.to(torch.bfloat16).to(F64) for n, t in _inputs(c, 1, 24, 2, 16, 3,
-                                                            "normal").items()}
-    out = _run(c, x, "triton", torch.bfloat16, 8)
-    ref = _run(c, x, "chunk", F32, 8)
+    _bf16_check(_run, c, _inputs(c, 1, 24, 2, 16, 3, "normal"))
+
+
+def _bf16_check(run, c: miras.Compiled, x: dict) -> dict:
+    """``x`` rounded to bf16: the kernels in bf16 against the fp32 chunk path; returns x."""
+    x = {n: t.to(torch.bfloat16).to(F64) for n, t in x.items()}
+    out = run(c, x, "triton", torch.bfloat16, 8)
+    ref = run(c, x, "chunk", F32, 8)
     for key in ref:
         assert _rel(ref[key], out[key]) < 2e-2, key
+    return x
 
 
 def test_channel_wise_lr() -> None:
@@ -561,13 +566,7 @@ def test_mlp_hybrid_layer(name: str) -> None:
 
 def test_mlp_bf16_and_state_continuation() -> None:
     c = _compile(_mlp_spec("lq(q=4, alpha=gate(act=sigmoid))"))
-    # bf16 inputs: the bf16-rounded values through the fp32 chunk path
-    x = {n: t.to(torch.bfloat16).to(F64) for n, t in _mlp_inputs(c, 1, 12, 2, 4, 3,
-                                                                "normal").items()}
-    out = _mlp_run(c, x, "triton", torch.bfloat16, 8)
-    ref = _mlp_run(c, x, "chunk", F32, 8)
-    for key in ref:
-        assert _rel(ref[key], out[key]) < 2e-2, key
+    x = _bf16_check(_mlp_run, c, _mlp_inputs(c, 1, 12, 2, 4, 3, "normal"))
     # a fused call's final state (weights and accumulator of each layer) continues in the
     # chunk path like one call (the cut at a chunk end)
     q, k, v = (x[n].float().to(DEVICE) for n in "qkv")
