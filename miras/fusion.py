@@ -24,11 +24,11 @@ for the memory's activation with its first two derivatives:
     per-token weights ``W_t = R(β_t M + Z_t)`` (softmax, p-norm normalisation, mirror map,
     soft-threshold) read by ``φ(q_t)``; the backward recomputes each chunk's scan from its
     checkpoint. The same retentions on a one- or two-layer MLP memory (residual or not, any
-    activation, output norm none / layernorm / rmsnorm, hidden ≤ 4·head_dim) with GD, no
-    window, no feature map and constant bias parameters (``scan_mlp.py.jinja``): the map acts
-    on each weight matrix, a channel-wise decay on W0's input columns and W1's output rows
-    (``ops.channel_scale``), and each token reads ``M_{W_t}(q_t)`` with the whole per-token
-    weights on chip: Moneta, Memora.
+    activation, output norm none / layernorm / rmsnorm, hidden ≤ 4·head_dim) with GD or
+    momentum, no window, no feature map and constant bias parameters
+    (``scan_mlp.py.jinja``): the map acts on each weight matrix, a channel-wise decay on W0's
+    input columns and W1's output rows (``ops.channel_scale``), and each token reads
+    ``M_{W_t}(q_t)`` with the whole per-token weights on chip: Moneta, Memora.
 ``mlp``
     one- or two-layer MLP memory or the gated MLP (Atlas++'s ``x + W_out(act(W_in x) ⊙
     W_gate x)``), residual or not, any activation, output norm none / layernorm / rmsnorm
@@ -208,8 +208,8 @@ def _scan_mlp(m: ir.Model) -> str | None:
         return f"{head} of depth {mem.depth} is not fused (depth 1 and 2 are)"
     if mem.depth == 2 and mem.expansion > 4:
         return f"{head} wider than 4 × head_dim is not fused"
-    if not isinstance(m.algorithm, ir.GD):
-        return f"{head} is fused with GD only (not '{m.algorithm.kind}')"
+    if not isinstance(m.algorithm, ir.GD | ir.Momentum):
+        return f"{head} is fused with GD or momentum only (not '{m.algorithm.kind}')"
     if _window(m) > 1:
         return f"{head} with an Omega window is not fused"
     if not isinstance(m.feature, ir.Identity):

@@ -287,7 +287,6 @@ def test_fusion_reasons() -> None:
     for old, new, why in [
         ("depth=2", "depth=3", "of depth 3"),
         ("mlp(depth=2)", "mlp(depth=2, expansion=8)", "wider than 4"),
-        ("gd(", "momentum(", "GD only"),
         ("}", "window = sliding(size=2) }", "Omega window"),
         ("}", "feature = poly(degree=2) }", "feature map"),
         ("bias = l2", "bias = huber(delta=gate(act=sigmoid))", "not a constant"),
@@ -386,9 +385,10 @@ def test_generated_modules_are_deterministic_and_lint_clean(tmp_path: Path) -> N
                  "elastic_ftrl_smooth_momentum", "soft_threshold_momentum"):
         retention, alg, bias, init, _ = CASES[case]
         specs[case] = (_spec(retention, alg, bias, init), None)
-    for case in ("lq_ftrl_depth1", "kl", "fdiv", "entropy_depth1", "soft_threshold_smooth"):
-        retention, depth, norm, init, _, bias, lr, _ = MLP_CASES[case]
-        specs[f"mlp_{case}"] = (_mlp_spec(retention, depth, norm, bias, init, lr), None)
+    for case in ("lq_ftrl_depth1", "kl", "fdiv", "entropy_depth1", "soft_threshold_smooth",
+                 "lq_momentum"):
+        retention, depth, norm, init, _, bias, lr, _, *alg = MLP_CASES[case]
+        specs[f"mlp_{case}"] = (_mlp_spec(retention, depth, norm, bias, init, lr, *alg), None)
     for name in ("moneta", "memora"):
         specs[name] = (EXAMPLES / f"{name}.miras", None)
     for name, (source, model) in specs.items():
@@ -420,10 +420,11 @@ def test_dims_limit_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- MLP memories (scan_mlp.py.jinja): per-token weights of each layer ------------------------
 
 def _mlp_spec(retention: str, depth: int = 2, norm: str = "layernorm", bias: str = "l2",
-              init: str = "normal", lr: str = "gate(act=sigmoid)") -> str:
+              init: str = "normal", lr: str = "gate(act=sigmoid)", alg: str = "gd") -> str:
+    beta = ", beta=gate(act=sigmoid)" if alg == "momentum" else ""
     return (f"model m {{ memory = mlp(depth={depth}, expansion=2, act=gelu, residual=true, "
             f"norm={norm}, init={init}) bias = {bias} retention = {retention} "
-            f"algorithm = gd(lr={lr}) }}")
+            f"algorithm = {alg}(lr={lr}{beta}) }}")
 
 
 def _mlp_inputs(c: miras.Compiled, B: int, T: int, H: int, D: int, seed: int,
@@ -443,15 +444,17 @@ def _mlp_inputs(c: miras.Compiled, B: int, T: int, H: int, D: int, seed: int,
     for n, w in state.weights.items():
         if domain == "positive":
             # a row-softmax memory: positive rows of sum 1, spread out (near-uniform rows make
-            # W1 a's entries nearly equal, which the layernorm then divides by their spread)
-            w0 = torch.exp(3.0 * torch.randn(*w.shape, generator=g, dtype=F64))
+            # W1 a's entries nearly equal, which the layernorm then divides by their spread),
+            # but not to tiny entries (the gradient of log W is 1/W: it amplifies rounding)
+            w0 = torch.exp(1.5 * torch.randn(*w.shape, generator=g, dtype=F64))
             x[f"W.{n}"] = w0 / w0.sum(-1, keepdim=True)
         else:
             x[f"W.{n}"] = torch.randn(*w.shape, generator=g, dtype=F64) / w.shape[-1] ** 0.5
         x[f"A.{n}"] = x[f"W.{n}"] + 0.05 * torch.randn(*w.shape, generator=g, dtype=F64) \
             / w.shape[-1] ** 0.5
-        x[f"w.W.{n}"] = torch.randn(*w.shape, generator=g, dtype=F64)
-        x[f"w.A.{n}"] = torch.randn(*w.shape, generator=g, dtype=F64)
+        x[f"S.{n}"] = 0.1 * torch.randn(*w.shape, generator=g, dtype=F64) / w.shape[-1] ** 0.5
+        for key in "WAS":
+            x[f"w.{key}.{n}"] = torch.randn(*w.shape, generator=g, dtype=F64)
     x["w.o"] = torch.randn(B, T, H, D, generator=g, dtype=F64)
     return x
 
@@ -462,15 +465,16 @@ def _mlp_run(c: miras.Compiled, x: dict, backend: str, dtype: torch.dtype, chunk
     x, leaves, state = _leaves(c, x, dtype)
     names = list(state.weights)
     state.weights = {n: leaves[f"W.{n}"] for n in names}
-    if state.accum is not None:
-        state.accum = {n: leaves[f"A.{n}"] for n in names}
-    else:
-        leaves = {n: t for n, t in leaves.items() if not n.startswith("A.")}
+    for key, field in (("A", "accum"), ("S", "momentum")):
+        if getattr(state, field) is not None:
+            setattr(state, field, {n: leaves[f"{key}.{n}"] for n in names})
+        else:
+            leaves = {n: t for n, t in leaves.items() if not n.startswith(f"{key}.")}
     o, st, loss = _call(c, x, leaves, state, backend, chunk, final)
     out = {"o": o}
     if final:
         assert st is not None
-        for key, w in (("W", st.weights), ("A", st.accum)):
+        for key, w in (("W", st.weights), ("A", st.accum), ("S", st.momentum)):
             for n, t in (w or {}).items():
                 out[f"{key}.{n}"] = t
                 loss = loss + (t * x[f"w.{key}.{n}"].to(dtype)).sum()
@@ -491,7 +495,8 @@ def _mlp_check(c: miras.Compiled, *, B: int = 1, T: int = 21, H: int = 2, D: int
 
 CHANNEL_GATE = "gate(act=sigmoid, channel=true)"
 
-# (retention, depth, norm, memory init, weights' domain, bias, lr, head dim): every map once
+# (retention, depth, norm, memory init, weights' domain, bias, lr, head dim[, algorithm]):
+# every map once
 MLP_CASES = {
     "lq": ("lq(q=4, alpha=gate(act=sigmoid))", 2, "layernorm", "normal", "normal", "l2",
            "gate(act=sigmoid)", 4),
@@ -508,6 +513,12 @@ MLP_CASES = {
                     "layernorm", "normal", "normal", "l2", "gate(act=sigmoid)", 4),
     "soft_threshold_smooth": ("soft_threshold(threshold=learned(init=0.01), smooth=true)", 2,
                               "rmsnorm", "normal", "normal", "l2", "gate(act=sigmoid)", 4),
+    # momentum (S_t = μ_t S_{t−1} − G_t scanned per token, then Z): with an accumulator, a
+    # channel-wise decay, and a row softmax
+    "lq_momentum": (f"lq(q=3, alpha={CHANNEL_GATE})", 2, "layernorm", "normal", "normal",
+                    "l2", "gate(act=sigmoid)", 4, "momentum"),
+    "kl_momentum_depth1": ("kl(alpha=gate(act=sigmoid))", 1, "rmsnorm", "uniform", "positive",
+                           "l2", "gate(act=sigmoid)", 8, "momentum"),
     # Moneta's and Memora's shapes: channel-wise α and η
     "moneta": (f"lq(q=4, alpha={CHANNEL_GATE}, form=moneta)", 2, "layernorm", "normal",
                "normal", "lp(p=3, smooth=sqrt, eps=1e-6)", CHANNEL_GATE, 4),
@@ -523,8 +534,8 @@ MLP_TOL = {"elastic_net": 1e-4}
 
 @pytest.mark.parametrize("case", sorted(MLP_CASES))
 def test_mlp_memories(case: str) -> None:
-    retention, depth, norm, init, domain, bias, lr, D = MLP_CASES[case]
-    c = _compile(_mlp_spec(retention, depth, norm, bias, init, lr))
+    retention, depth, norm, init, domain, bias, lr, D, *alg = MLP_CASES[case]
+    c = _compile(_mlp_spec(retention, depth, norm, bias, init, lr, *alg))
     assert c.kernels.DEPTH == depth
     _mlp_check(c, D=D, domain=domain, seed=len(case), tol=MLP_TOL.get(case, 5e-5))
 
