@@ -23,7 +23,12 @@ for the memory's activation with its first two derivatives:
     then the linear scan ``Z_t = α_t Z_{t−1} + U_t`` one token at a time on chip with the
     per-token weights ``W_t = R(β_t M + Z_t)`` (softmax, p-norm normalisation, mirror map,
     soft-threshold) read by ``φ(q_t)``; the backward recomputes each chunk's scan from its
-    checkpoint.
+    checkpoint. The same retentions on a one- or two-layer MLP memory (residual or not, any
+    activation, output norm none / layernorm / rmsnorm, hidden ≤ 4·head_dim) with GD or
+    momentum, no window, no feature map and constant bias parameters
+    (``scan_mlp.py.jinja``): the map acts on each weight matrix, a channel-wise decay on W0's
+    input columns and W1's output rows (``ops.channel_scale``), and each token reads
+    ``M_{W_t}(q_t)`` with the whole per-token weights on chip: Moneta, Memora.
 ``mlp``
     one- or two-layer MLP memory or the gated MLP (Atlas++'s ``x + W_out(act(W_in x) ⊙
     W_gate x)``), residual or not, any activation, output norm none / layernorm / rmsnorm
@@ -93,7 +98,7 @@ def _common(m: ir.Model) -> str | None:
     if isinstance(alg, ir.GD) and alg.steps > 1:
         return "multi-step GD re-anchors inside a token; only one step is fused"
     if not isinstance(ret, ir.NoRetention | ir.Decay) and not (
-            isinstance(ret, SCAN_RETENTIONS) and isinstance(m.memory, ir.Matrix)):
+            isinstance(ret, SCAN_RETENTIONS) and isinstance(m.memory, ir.Matrix | ir.MLP)):
         return (f"retention '{ret.kind}' is nonlinear in the weights (needs per-token weights); "
                 f"fused retention on {m.memory.kind} memory is none or decay")
     if (isinstance(ret, ir.Decay) and _gate_channel(ret.alpha)
@@ -166,13 +171,14 @@ def affine(bias: ir.Bias) -> tuple[float, float] | None:
     return None
 
 
-#: Nonlinear retentions whose per-token weights the 'scan' kernels compute (matrix memory).
+#: Nonlinear retentions whose per-token weights the 'scan' kernels compute (matrix or MLP
+#: memory).
 SCAN_RETENTIONS = (ir.Lq, ir.KL, ir.FDiv, ir.Bregman, ir.UserRetention, ir.ElasticNet,
                    ir.SoftThreshold)
 
 
 def _scan(m: ir.Model) -> Fusion:
-    """The 'scan' family (matrix memory, nonlinear retention), or why it falls back."""
+    """The 'scan' family (matrix or MLP memory, nonlinear retention), or why it falls back."""
     ret = m.retention
     if isinstance(m.parallel, ir.Exact):
         return Fusion(None, f"parallel = exact with retention '{ret.kind}' runs the per-token "
@@ -189,7 +195,34 @@ def _scan(m: ir.Model) -> Fusion:
         except SymbolicError as e:
             return Fusion(None, f"the mirror map of retention '{ret.kind}' has no printed "
                           f"Triton form ({e})")
+    if isinstance(m.memory, ir.MLP):
+        why = _scan_mlp(m)
+        if why:
+            return Fusion(None, why)
     return Fusion("scan")
+
+
+def _scan_mlp(m: ir.Model) -> str | None:
+    """Why the 'scan' kernels cannot run ``m``'s MLP memory (``None``: they can): the
+    per-token weights of each layer stay whole on chip, token by token (scan_mlp.py.jinja)."""
+    mem, ret = m.memory, m.retention
+    head = f"retention '{ret.kind}' on an MLP memory"
+    if mem.depth > 2:
+        return f"{head} of depth {mem.depth} is not fused (depth 1 and 2 are)"
+    if mem.depth == 2 and mem.expansion > 4:
+        return f"{head} wider than 4 × head_dim is not fused"
+    if not isinstance(m.algorithm, ir.GD | ir.Momentum):
+        return f"{head} is fused with GD or momentum only (not '{m.algorithm.kind}')"
+    if _window(m) > 1:
+        return f"{head} with an Omega window is not fused"
+    if not isinstance(m.feature, ir.Identity):
+        return f"{head} with a feature map is not fused"
+    for name, value in _bias_params(m.bias):
+        if not isinstance(value, ir.Const):
+            return f"{head} with bias parameter '{name}' not a constant is not fused"
+    if isinstance(ret, ir.UserRetention) and ret.definition.regularizer is not None:
+        return f"{head} with a regulariser is not fused"
+    return None
 
 
 def _muon(m: ir.Model) -> Fusion:
@@ -321,6 +354,9 @@ def kernel_info(m: ir.Model) -> dict[str, Any]:
         out["matrix"] = isinstance(m.memory, ir.Matrix)
     if f.family == "scan":
         out["scan"] = _scan_info(m.retention)
+        # an MLP memory: scan_mlp.py.jinja (the per-token weights of each layer)
+        out["scan"]["mlp"] = isinstance(m.memory, ir.MLP)
+        out["expansion"] = float(getattr(m.memory, "expansion", 1.0))
     return out
 
 

@@ -171,6 +171,6 @@ def test_compile_out_writes_stand_alone_modules(spec: str, tmp_path: Path) -> No
 
 
 def test_emit_triton_of_unfused_spec_says_why() -> None:
-    r = runner.invoke(app, ["emit", "--stage", "triton", str(EXAMPLES / "moneta.miras")])
+    r = runner.invoke(app, ["emit", "--stage", "triton", str(EXAMPLES / "longhorn.miras")])
     assert r.exit_code == 1
-    assert "is not fused: retention 'lq'" in r.output
+    assert "is not fused: a channel-wise lr in the exact chunk form" in r.output

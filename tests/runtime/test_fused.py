@@ -24,9 +24,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXPECTED = {
     "titans": "mlp", "gated_deltanet": "exact", "deltanet": "exact", "longhorn": None,
     "linear_attention": "dual", "retnet": "dual", "mamba2": "dual", "polysketch": "dual",
-    "swla": "dual", "atlas": "muon", "moneta": None, "memora": None, "softmax_attention": None,
-    "gla": "dual", "cauchy": "mlp", "atlas_pp": "muon", "deep_transformer": "mlp", "dla": "mlp",
+    "swla": "dual", "atlas": "muon", "moneta": "scan", "memora": "scan",
+    "softmax_attention": None, "gla": "dual", "cauchy": "mlp", "atlas_pp": "muon",
+    "deep_transformer": "mlp", "dla": "mlp",
     "omeganet": "mlp", "dot": "mlp", "swdt": "mlp", "yaad": "mlp", "yaad_h": "mlp",
+    "moneta_h": "scan", "memora_h": "scan",
 }
 
 
@@ -40,13 +42,13 @@ def test_family_of_examples(name: str) -> None:
 
 
 def test_unfused_example_falls_back_with_reason() -> None:
-    m = miras.load(EXAMPLES / "moneta.miras")
+    m = miras.load(EXAMPLES / "longhorn.miras")
     assert fusion.decide(m).family is None
-    assert "retention 'lq'" in fusion.decide(m).reason
+    assert "channel-wise lr in the exact chunk form" in fusion.decide(m).reason
 
 
 def test_triton_backend_on_unfused_spec_warns_once_and_matches_chunk() -> None:
-    c = miras.compile(EXAMPLES / "moneta.miras")
+    c = miras.compile(EXAMPLES / "longhorn.miras")
     B, T, H, D = 1, 6, 2, 8
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, T, H, D, generator=g, dtype=torch.float64) for _ in range(3))
