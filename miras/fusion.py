@@ -160,6 +160,29 @@ def _channel_decay(m: ir.Model, window: int) -> str | None:
     return None
 
 
+def _anchored_limits(m: ir.Model, window: int) -> str | None:
+    """Why the dual or mlp kernels cannot run this window or channel-wise decay."""
+    why = _window_limit(m, window)
+    if why is None and isinstance(m.retention, ir.Decay) and _gate_channel(m.retention.alpha):
+        why = _channel_decay(m, window)
+    return why
+
+
+def _mlp_size(mem: ir.MLP | ir.GatedMLP, what: str) -> str | None:
+    """Why no fused kernel holds this MLP's layers; ``what`` names the case in the reason
+    (``"MLP memory"``, ``"Muon on an MLP memory"``, ...)."""
+    if isinstance(mem, ir.MLP) and mem.depth > 2:
+        return f"{what} of depth {mem.depth} is not fused (depth 1 and 2 are)"
+    if _depth(mem) == 2 and mem.expansion > 4:
+        return f"{what} wider than 4 × head_dim is not fused"
+    return None
+
+
+def _runtime_bias_param(m: ir.Model) -> str | None:
+    """The first bias parameter that is a gate or a learned value (``None``: all constants)."""
+    return next((n for n, v in _bias_params(m.bias) if not isinstance(v, ir.Const)), None)
+
+
 def affine(bias: ir.Bias) -> tuple[float, float] | None:
     """``(a, b)`` with ``∂ℓ/∂y = a·y − b·v`` for the affine built-in biases, else ``None``."""
     if isinstance(bias, ir.L2):
@@ -207,19 +230,17 @@ def _scan_mlp(m: ir.Model) -> str | None:
     per-token weights of each layer stay whole on chip, token by token (scan_mlp.py.jinja)."""
     mem, ret = m.memory, m.retention
     head = f"retention '{ret.kind}' on an MLP memory"
-    if mem.depth > 2:
-        return f"{head} of depth {mem.depth} is not fused (depth 1 and 2 are)"
-    if mem.depth == 2 and mem.expansion > 4:
-        return f"{head} wider than 4 × head_dim is not fused"
+    why = _mlp_size(mem, head)
+    if why:
+        return why
     if not isinstance(m.algorithm, ir.GD | ir.Momentum):
         return f"{head} is fused with GD or momentum only (not '{m.algorithm.kind}')"
     if _window(m) > 1:
         return f"{head} with an Omega window is not fused"
     if not isinstance(m.feature, ir.Identity):
         return f"{head} with a feature map is not fused"
-    for name, value in _bias_params(m.bias):
-        if not isinstance(value, ir.Const):
-            return f"{head} with bias parameter '{name}' not a constant is not fused"
+    if (name := _runtime_bias_param(m)) is not None:
+        return f"{head} with bias parameter '{name}' not a constant is not fused"
     if isinstance(ret, ir.UserRetention) and ret.definition.regularizer is not None:
         return f"{head} with a regulariser is not fused"
     return None
@@ -233,9 +254,8 @@ def _muon(m: ir.Model) -> Fusion:
         return Fusion(None, "Muon with parallel = exact is not fused (chunk anchoring is)")
     if not isinstance(ret, ir.NoRetention | ir.Decay):
         return Fusion(None, f"Muon with retention '{ret.kind}' is not fused (none or decay is)")
-    for name, value in _bias_params(m.bias):
-        if not isinstance(value, ir.Const):
-            return Fusion(None, f"Muon with bias parameter '{name}' not a constant is not fused")
+    if (name := _runtime_bias_param(m)) is not None:
+        return Fusion(None, f"Muon with bias parameter '{name}' not a constant is not fused")
     if isinstance(ret, ir.Decay) and (ret.at != "prev" or _gate_channel(ret.alpha)):
         return Fusion(None, "Muon is fused with decay(at=prev) and a scalar decay gate only")
     if _window(m) > MAX_WINDOW:
@@ -250,12 +270,8 @@ def _muon(m: ir.Model) -> Fusion:
     if not isinstance(mem, ir.MLP | ir.GatedMLP):
         return Fusion(None, f"Muon on {mem.kind} memory is not fused (matrix, 1- or 2-layer "
                       "and gated MLP are)")
-    if isinstance(mem, ir.MLP) and mem.depth > 2:
-        return Fusion(None, f"Muon on an MLP memory of depth {mem.depth} is not fused (depth 1 "
-                      "and 2 are)")
-    if _depth(mem) == 2 and mem.expansion > 4:
-        return Fusion(None, "Muon on an MLP memory wider than 4 × head_dim is not fused")
-    return Fusion("muon")
+    why = _mlp_size(mem, "Muon on an MLP memory")
+    return Fusion(None, why) if why else Fusion("muon")
 
 
 def _family(m: ir.Model) -> Fusion:
@@ -285,28 +301,11 @@ def _family(m: ir.Model) -> Fusion:
         return Fusion(None, "decay(at=decayed) with chunk anchoring is not fused (use at=prev "
                       "or parallel = exact)")
     if isinstance(mem, ir.Matrix):
-        why = _window_limit(m, window)
-        if why:
-            return Fusion(None, why)
-        if isinstance(ret, ir.Decay) and _gate_channel(ret.alpha):
-            why = _channel_decay(m, window)
-            if why:
-                return Fusion(None, why)
-        return Fusion("dual")
+        why = _anchored_limits(m, window)
+        return Fusion(None, why) if why else Fusion("dual")
     if isinstance(mem, ir.MLP | ir.GatedMLP):
-        if isinstance(mem, ir.MLP) and mem.depth > 2:
-            return Fusion(None, f"MLP memory of depth {mem.depth} is not fused (depth 1 and 2 "
-                          "are)")
-        if _depth(mem) == 2 and mem.expansion > 4:
-            return Fusion(None, "MLP memory wider than 4 × head_dim is not fused")
-        why = _window_limit(m, window)
-        if why:
-            return Fusion(None, why)
-        if isinstance(ret, ir.Decay) and _gate_channel(ret.alpha):
-            why = _channel_decay(m, window)
-            if why:
-                return Fusion(None, why)
-        return Fusion("mlp")
+        why = _mlp_size(mem, "MLP memory") or _anchored_limits(m, window)
+        return Fusion(None, why) if why else Fusion("mlp")
     return Fusion(None, f"{mem.kind} memory is not fused (matrix, 1- or 2-layer and gated MLP "
                   "are)")
 
